@@ -1,0 +1,208 @@
+"""HierVL configuration keys.
+
+``add_hiervl_config(cfg)`` adds every knob of the method (METHOD.md) to a detectron2 config.
+Each key is read by exactly one ``from_config`` (or the trainer / data code); the test
+``tests/test_config.py`` fails when a key is never read.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_hiervl_config(cfg: CN) -> None:
+    """Add HierVL's keys (model, semi-supervised training, data, test) to ``cfg`` in place."""
+    cfg.MODEL.META_ARCHITECTURE = "HierVL"
+    # CLIP's own normalisation (open_clip OPENAI_DATASET_MEAN / STD), in 0-255 RGB.
+    cfg.MODEL.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
+    cfg.MODEL.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
+    cfg.INPUT.FORMAT = "RGB"
+
+    hv = cfg.MODEL.HIERVL = CN()
+    # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19).
+    hv.NUM_CLASSES = 21
+    # Size divisibility of padded input batches (the ViT patch size is a divisor).
+    hv.SIZE_DIVISIBILITY = 32
+
+    # ---- §1 Encoders ---------------------------------------------------------------------
+    clip = hv.CLIP = CN()
+    # open_clip model name: "ViT-B-16" for the paper, "HierVL-Tiny-ViT" for tests and the demo.
+    clip.MODEL_NAME = "ViT-B-16"
+    # open_clip pretrained tag ("openai"), a local checkpoint path, or "" for random init.
+    clip.PRETRAINED = "openai"
+    # Image size the ViT's position embedding is built for (open_clip force_image_size).
+    clip.IMAGE_SIZE = 512
+    # ViT blocks (0-based) whose outputs become the stride 4 / 8 / 16 / 32 pixel features.
+    clip.FEATURE_LAYERS = [3, 5, 7, 11]
+    # Learning-rate multiplier of the fine-tuned image encoder (VOC 0.01, COCO/ADE 0.001, CS 0.1).
+    clip.BACKBONE_MULTIPLIER = 0.01
+    # Number of learnable prompt tokens p_1..p_M put in front of every class name (CoOp style).
+    clip.PROMPT_LENGTH = 8
+    # Std of the normal init of the prompt tokens.
+    clip.PROMPT_INIT_STD = 0.02
+    # Fixed template t0_c used by the prompt regularisers (Eq. 3-4); "{}" is the class name.
+    clip.TEMPLATE = "a photo of a {}."
+    # Optional text file of per-class descriptions (HVLFormer dataset-aware prompts): lines
+    # "class name<TAB>description"; the embeddings of a class's variants are averaged.
+    clip.DESCRIPTIONS_FILE = ""
+
+    # ---- §3.3 Pixel decoder with CMSAM -----------------------------------------------------
+    pd = hv.PIXEL_DECODER = CN()
+    # Registry name in PIXEL_DECODER_REGISTRY.
+    pd.NAME = "HierVLPixelDecoder"
+    # Pixel features fed to the deformable encoder (strides 8 / 16 / 32).
+    pd.IN_FEATURES = ["res3", "res4", "res5"]
+    # Channels of the pixel decoder.
+    pd.CONV_DIM = 256
+    # Channels of the stride-4 per-pixel embedding P(x) used by the dynamic masks.
+    pd.MASK_DIM = 256
+    # Number of deformable-attention encoder layers (a CMSAM block follows each).
+    pd.NUM_LAYERS = 6
+    # Attention heads / sampling points per head and level of MSDeformAttn.
+    pd.NUM_HEADS = 8
+    pd.NUM_POINTS = 4
+    # Hidden size of the encoder FFN.
+    pd.FFN_DIM = 1024
+    # Dropout inside the encoder layers.
+    pd.DROPOUT = 0.0
+    # MSDeformAttn implementation: "auto" (fused kernel on CUDA when available), "reference"
+    # (pure PyTorch), or "fused" (error if the kernel is unavailable).
+    pd.MSDA_IMPL = "auto"
+    # CMSAM: bidirectional pixel<->text attention after each deformable layer (Tab. 3 row).
+    pd.CMSAM_ENABLED = True
+    # Heads of the CMSAM cross-attentions.
+    pd.CMSAM_NUM_HEADS = 8
+
+    # ---- §3.2 HSQG ----------------------------------------------------------------------
+    hs = hv.HSQG = CN()
+    # Hierarchical class queries; when off, one linear projection of t_c per class (E = 1).
+    hs.ENABLED = True
+    # Number of hierarchy levels E.
+    hs.NUM_LEVELS = 3
+    # Semantic relevance estimator r_c = sigmoid(alpha * cos(g, t_c) + beta).
+    hs.RELEVANCE_ENABLED = True
+    # Rows with r_c below this threshold are masked out of attention (tau_rel).
+    hs.RELEVANCE_THRESHOLD = 0.5
+    # Initial alpha and beta of the relevance estimator.
+    hs.RELEVANCE_INIT_ALPHA = 10.0
+    hs.RELEVANCE_INIT_BETA = -2.0
+
+    # ---- §3.4 DQTD ----------------------------------------------------------------------
+    dq = hv.DECODER = CN()
+    # Registry name in TRANSFORMER_DECODER_REGISTRY.
+    dq.NAME = "DualQueryTransformerDecoder"
+    # Number of masked-attention decoder layers L.
+    dq.NUM_LAYERS = 9
+    # Learnable instance queries N; 0 keeps only the class rows.
+    dq.NUM_INSTANCE_QUERIES = 100
+    # Use the class rows from HSQG/CMSAM as decoder queries (DQTD); off = instance rows only.
+    dq.CLASS_QUERIES_ENABLED = True
+    # Hidden size D of queries (also the HSQG query dim) and attention heads.
+    dq.HIDDEN_DIM = 256
+    dq.NUM_HEADS = 8
+    # Hidden size of the decoder FFN.
+    dq.FFN_DIM = 2048
+    # Dropout in the decoder layers.
+    dq.DROPOUT = 0.0
+    # Pre-norm transformer layers.
+    dq.PRE_NORM = False
+    # Predict after every layer and supervise each prediction (deep supervision).
+    dq.DEEP_SUPERVISION = True
+
+    # ---- §3.5-3.6 Losses ----------------------------------------------------------------
+    ls = hv.LOSS = CN()
+    # Mask2Former-style set losses.
+    ls.CLASS_WEIGHT = 2.0
+    ls.MASK_WEIGHT = 5.0
+    ls.DICE_WEIGHT = 5.0
+    # Weight of the "no object" class in the classification CE.
+    ls.NO_OBJECT_WEIGHT = 0.1
+    # Point sampling of mask losses (keeps memory flat): number of points, oversample ratio,
+    # fraction of points picked by uncertainty.
+    ls.TRAIN_NUM_POINTS = 12544
+    ls.OVERSAMPLE_RATIO = 3.0
+    ls.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Eq. 2 alignment of decoder rows to their class text embedding.
+    ls.ALIGN_WEIGHT = 1.0
+    # BCE of the relevance estimator against ground-truth class presence (labelled images).
+    ls.RELEVANCE_WEIGHT = 1.0
+    # Eq. 3 topology and Eq. 4 anchor-adversarial prompt regularisers; lambda of Eq. 4.
+    ls.TOPO_WEIGHT = 1.0
+    ls.ANCHOR_WEIGHT = 1.0
+    ls.ANCHOR_LAMBDA = 1.0
+    # Eq. 6 masked consistency and Eq. 7 pixel-text contrastive (lambda_pt), temperature tau.
+    ls.MASKED_CONSISTENCY_WEIGHT = 1.0
+    ls.PIXEL_TEXT_WEIGHT = 0.5
+    ls.PIXEL_TEXT_TEMPERATURE = 0.07
+    # Entropy minimisation on unlabelled predictions.
+    ls.ENTROPY_WEIGHT = 0.01
+
+    # ---- Inference ----------------------------------------------------------------------
+    ts = hv.TEST = CN()
+    # Sliding-window inference; images that fit in one crop run whole.
+    ts.SLIDING_WINDOW = True
+    # Window size and stride (50 % overlap by default).
+    ts.CROP_SIZE = [512, 512]
+    ts.STRIDE = [256, 256]
+    # Test-time augmentation: horizontal flip and extra scales (1.0 = none).
+    ts.FLIP = False
+    ts.SCALES = [1.0]
+    # Evaluate the EMA teacher when the checkpoint has one.
+    ts.USE_TEACHER = True
+    # Also evaluate the student when evaluating the teacher during training.
+    ts.EVAL_STUDENT = True
+
+    # ---- §8 Semi-supervised training ----------------------------------------------------
+    semi = cfg.SEMI = CN()
+    # Train with unlabelled data; off = supervised on DATASETS.TRAIN only.
+    semi.ENABLED = True
+    # Registered unlabelled splits.
+    semi.UNLABELED_DATASETS = ()
+    # Global unlabelled batch (labelled batch is SOLVER.IMS_PER_BATCH).
+    semi.IMS_PER_BATCH_UNLABELED = 8
+    # EMA teacher momentum cap m in min(1 - 1/(t+1), m).
+    semi.EMA_MOMENTUM = 0.996
+    # Pseudo-labels: "threshold" (keep confidence >= CONF_THRESHOLD) or "weight" (weight every
+    # pixel by its confidence; Cityscapes).
+    semi.PSEUDO_LABEL_MODE = "threshold"
+    semi.CONF_THRESHOLD = 0.95
+    # Weight of the unlabelled (strong view) loss.
+    semi.UNSUP_WEIGHT = 1.0
+    # CutMix between unlabelled images.
+    semi.CUTMIX_PROB = 0.5
+    # Strong view: colour jitter (probability and strength), grayscale, Gaussian blur.
+    semi.COLOR_JITTER_PROB = 0.8
+    semi.COLOR_JITTER_STRENGTH = [0.5, 0.5, 0.5, 0.25]
+    semi.GRAYSCALE_PROB = 0.2
+    semi.BLUR_PROB = 0.5
+    # Iterations of supervised-only warm-up before unlabelled losses switch on.
+    semi.UNSUP_START_ITER = 0
+
+    # ---- Data ---------------------------------------------------------------------------
+    # Dataset mapper of the labelled loader (registry name).
+    cfg.INPUT.DATASET_MAPPER_NAME = "semantic_labeled"
+    # Square training crop (VOC/COCO/ADE 512, Cityscapes 801) and the random resize range.
+    cfg.INPUT.CROP.ENABLED = True
+    cfg.INPUT.CROP.TYPE = "absolute"
+    cfg.INPUT.CROP.SIZE = (512, 512)
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
+
+    # A folder dataset registered from config (issue: your own data).
+    cu = cfg.DATASETS.CUSTOM = CN()
+    # Folder with images/, masks/, classes.txt (see README "Your own data"); "" = none.
+    cu.ROOT = ""
+    # Name prefix of the registered splits: NAME_train_labeled / _train_unlabeled / _val.
+    cu.NAME = "custom"
+    # Palette file for colour masks ("" = masks are single-channel class ids).
+    cu.PALETTE = ""
+    # Fraction of labelled images held out for validation when no split files exist.
+    cu.VAL_FRACTION = 0.1
+
+    # ---- Solver -------------------------------------------------------------------------
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier of the decoder heads over BASE_LR.
+    cfg.SOLVER.HEAD_MULTIPLIER = 10.0
+    # No weight decay on embeddings (prompt tokens, queries, position embeddings).
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Poly schedule power.
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    # bf16 or fp16 autocast when SOLVER.AMP.ENABLED.
+    cfg.SOLVER.AMP.DTYPE = "bfloat16"
