@@ -1,0 +1,66 @@
+"""Every key that add_hiervl_config adds is read by some code of the project."""
+import re
+from pathlib import Path
+
+from detectron2.config import CfgNode, get_cfg
+
+from hiervl import add_hiervl_config
+
+REPO = Path(__file__).resolve().parents[1]
+CODE_DIRS = ["hiervl", "projects", "tools", "demo"]
+
+
+def _flatten(node: CfgNode, prefix: str = ""):
+    for key, value in node.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, CfgNode):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name
+
+
+def _added_keys():
+    base = set(_flatten(get_cfg()))
+    cfg = get_cfg()
+    add_hiervl_config(cfg)
+    return sorted(set(_flatten(cfg)) - base)
+
+
+def _code_text() -> str:
+    files = [REPO / "train_net.py"]
+    for d in CODE_DIRS:
+        files += sorted((REPO / d).rglob("*.py"))
+    config_py = REPO / "hiervl" / "config.py"
+    return "\n".join(f.read_text() for f in files if f.exists() and f != config_py)
+
+
+def test_config_adds_keys():
+    keys = _added_keys()
+    assert "MODEL.HIERVL.HSQG.NUM_LEVELS" in keys
+    assert "SEMI.CONF_THRESHOLD" in keys
+
+
+def test_every_added_key_is_read():
+    code = _code_text()
+    unread = []
+    for key in _added_keys():
+        parent, leaf = key.rsplit(".", 1)
+        parent_leaf = parent.rsplit(".", 1)[-1]
+        # A read looks like `cfg.SEMI.CONF_THRESHOLD` or `semi_cfg.CONF_THRESHOLD` with the parent
+        # node in scope; require the parent's name and the leaf as an attribute access.
+        if not re.search(rf"\.{re.escape(leaf)}\b", code) or parent_leaf not in code:
+            unread.append(key)
+    assert not unread, f"config keys that no code reads: {unread}"
+
+
+def test_config_round_trip(tmp_path):
+    cfg = get_cfg()
+    add_hiervl_config(cfg)
+    cfg.MODEL.HIERVL.HSQG.NUM_LEVELS = 2
+    path = tmp_path / "cfg.yaml"
+    path.write_text(cfg.dump())
+    cfg2 = get_cfg()
+    add_hiervl_config(cfg2)
+    cfg2.merge_from_file(str(path))
+    assert cfg2.MODEL.HIERVL.HSQG.NUM_LEVELS == 2
+    assert cfg2.dump() == cfg.dump()
