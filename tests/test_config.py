@@ -24,7 +24,14 @@ def _items(node: CfgNode, prefix: str = ""):
         if isinstance(value, CfgNode):
             yield from _items(value, f"{prefix}{key}.")
         else:
-            yield f"{prefix}{key}", list(value) if isinstance(value, tuple) else value
+            yield f"{prefix}{key}", _listify(value)
+
+
+def _listify(value):
+    """YAML turns tuples into lists; compare both as lists."""
+    if isinstance(value, (list, tuple)):
+        return [_listify(v) for v in value]
+    return value
 
 
 def _added_keys():
