@@ -1,7 +1,8 @@
 """Multi-scale deformable attention: an always-importable PyTorch reference and a fused Triton
 kernel (JIT-compiled on first use on a CUDA device; no build step)."""
+
 from .modules import MSDeformAttn
-from .ms_deform_attn import (
+from .functional import (
     ENV_VAR,
     IMPLS,
     fused_kernel_status,

@@ -1,4 +1,5 @@
 """``MSDeformAttn``: the Deformable-DETR multi-scale deformable attention layer."""
+
 import logging
 import math
 from typing import Optional
@@ -6,7 +7,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .ms_deform_attn import IMPLS, ms_deform_attn
+from .functional import IMPLS, ms_deform_attn
 
 __all__ = ["MSDeformAttn"]
 
@@ -36,7 +37,7 @@ class MSDeformAttn(nn.Module):
             n_levels: number of feature levels ``L``.
             n_heads: number of attention heads ``H``.
             n_points: sampling points ``P`` per head and level.
-            impl: ``"auto"``, ``"reference"`` or ``"fused"`` (see ``hiervl.ops.ms_deform_attn``).
+            impl: ``"auto"``, ``"reference"`` or ``"fused"`` (see ``hiervl.ops.functional``).
         """
         super().__init__()
         if d_model % n_heads != 0:

@@ -4,7 +4,7 @@
 
 * the pure-PyTorch reference (``F.grid_sample`` per level, ``align_corners=False``, zero
   padding), which always imports and runs on any device, or
-* the fused Triton kernel (``ms_deform_attn_triton.py``), JIT-compiled on first use, when the
+* the fused Triton kernel (``triton_kernels.py``), JIT-compiled on first use, when the
   value tensor lives on a CUDA device and Triton is importable.
 
 The choice is explicit (no error is swallowed): ``impl="reference"`` or the environment variable
@@ -12,6 +12,9 @@ The choice is explicit (no error is swallowed): ``impl="reference"`` or the envi
 the kernel cannot run, ``impl="auto"`` picks the kernel whenever it can. Which path runs, and
 why, is logged once per process (once per distinct decision).
 """
+
+import functools
+import importlib
 import importlib.util
 import logging
 import os
@@ -35,6 +38,8 @@ IMPLS = ("auto", "reference", "fused")
 ENV_VAR = "HIERVL_MSDA_IMPL"
 # dtypes the fused kernel accepts for ``value`` (it always accumulates in float32).
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+# Largest head dim the fused kernel holds in registers (one [BLOCK_Q, Dh] tile per corner).
+FUSED_MAX_HEAD_DIM = 256
 
 _logged_decisions = set()
 
@@ -101,7 +106,20 @@ def fused_kernel_status() -> Tuple[bool, str]:
         return False, "triton is not installed"
     if not torch.cuda.is_available():
         return False, "CUDA is not available"
+    import_error = _kernel_import_error()
+    if import_error:
+        return False, f"importing the Triton kernels failed: {import_error}"
     return True, "triton is installed and CUDA is available"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel_import_error() -> str:
+    """Empty when ``triton_kernels`` imports, else the ``ImportError`` message (cached)."""
+    try:
+        importlib.import_module(f"{__package__}.triton_kernels")
+    except ImportError as err:
+        return str(err)
+    return ""
 
 
 def resolve_impl(impl: str, value: torch.Tensor) -> Tuple[str, str]:
@@ -135,6 +153,8 @@ def resolve_impl(impl: str, value: torch.Tensor) -> Tuple[str, str]:
         problem = f"value is on {value.device}, the fused kernel needs a CUDA tensor"
     elif value.dtype not in _FUSED_DTYPES:
         problem = f"value dtype {value.dtype} is not supported by the fused kernel"
+    elif value.shape[-1] > FUSED_MAX_HEAD_DIM:
+        problem = f"head dim {value.shape[-1]} exceeds the fused kernel's {FUSED_MAX_HEAD_DIM}"
     else:
         available, why = fused_kernel_status()
         if not available:
@@ -183,7 +203,7 @@ def ms_deform_attn(
     path, reason = resolve_impl(impl, value)
     _log_once(path, reason)
     if path == "fused":
-        from .ms_deform_attn_triton import ms_deform_attn_fused
+        from .triton_kernels import ms_deform_attn_fused
 
         return ms_deform_attn_fused(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
