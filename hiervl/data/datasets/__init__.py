@@ -1,0 +1,40 @@
+"""Dataset registration: importing this package registers the built-in dataset names."""
+
+from . import ade20k, cityscapes, coco, demo, voc
+from .builtin import BUILTIN_DATASETS, register_all_semi_datasets
+from .demo import prepare_demo_dataset, register_demo
+from .semi_splits import SemiDatasetSpec, register_semi_dataset, write_split_files
+from .semseg import (
+    SplitFileError,
+    datasets_root,
+    load_semseg_split,
+    read_split_file,
+    register_semseg_split,
+    validate_semseg_files,
+    validate_semseg_sample,
+)
+
+register_demo()
+register_all_semi_datasets()
+
+__all__ = [
+    "BUILTIN_DATASETS",
+    "SemiDatasetSpec",
+    "SplitFileError",
+    "ade20k",
+    "cityscapes",
+    "coco",
+    "register_all_semi_datasets",
+    "register_semi_dataset",
+    "voc",
+    "write_split_files",
+    "datasets_root",
+    "demo",
+    "load_semseg_split",
+    "prepare_demo_dataset",
+    "read_split_file",
+    "register_demo",
+    "register_semseg_split",
+    "validate_semseg_files",
+    "validate_semseg_sample",
+]
