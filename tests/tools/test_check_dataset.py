@@ -1,0 +1,149 @@
+"""tools/check_dataset.py: every problem reported with its file, and the exit status."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+check_dataset = _load("check_dataset_tool", REPO / "tools" / "check_dataset.py")
+folder_tests = _load("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
+make_folder = folder_tests.make_folder
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HIERVL_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def run(capsys, root, *args):
+    code = check_dataset.main([str(root), "--no-progress", *args])
+    return code, capsys.readouterr().out
+
+
+def test_clean_folder_passes_with_counts(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=5, n_unlabeled=3)
+    code, out = run(capsys, root, "--val-fraction", "0.4")
+    assert code == 0, out
+    assert "images: 8  masks: 5  labelled (train): 3  unlabelled: 3  val: 2  classes: 3" in out
+    assert "0 error(s), 0 warning(s): ready to train" in out
+    assert "no split files: training draws 2 of 5 labelled images for val" in out
+    assert not (root / "splits").exists()  # the checker never writes
+
+
+def test_broken_images_wrong_size_and_out_of_range_ids(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=5, n_unlabeled=3)
+    (root / "images" / "img_01.png").write_bytes(b"not a png")
+    jpg = (root / "images" / "img_05.jpg").read_bytes()
+    (root / "images" / "img_05.jpg").write_bytes(jpg[: len(jpg) // 2])  # truncated, unlabelled
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / "masks" / "img_03.png")
+    bad = folder_tests.id_mask(4)
+    bad[5, 5], bad[6, 6] = 7, 3
+    Image.fromarray(bad).save(root / "masks" / "img_04.png")
+    code, out = run(capsys, root)
+    assert code == 1
+    assert "ERROR   images/img_01.png: unreadable image" in out
+    assert "ERROR   images/img_05.jpg: unreadable image" in out
+    assert (
+        "ERROR   masks/img_03.png: mask size 8x8 differs from image images/img_03.png size 16x12"
+    ) in out
+    assert "ERROR   masks/img_04.png: ids [3, 7] outside the 3 classes of classes.txt" in out
+    assert "4 error(s)" in out and "training would fail" in out
+
+
+def test_colour_masks_palette_and_unknown_colour(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=4, n_unlabeled=1, colour=True)
+    code, out = run(capsys, root, "--palette", "palette.txt")
+    assert code == 0, out
+    assert "4 masks are not 8-bit id PNGs: converted once" in out
+    code, out = run(capsys, root)
+    assert code == 1
+    assert "ERROR   masks/img_00.png: colour mask but no palette file given" in out
+    rgb = np.array(Image.open(root / "masks" / "img_02.png"))
+    rgb[0:3, 5] = (7, 8, 9)
+    Image.fromarray(rgb).save(root / "masks" / "img_02.png")
+    code, out = run(capsys, root, "--palette", "palette.txt")
+    assert code == 1
+    assert "ERROR   masks/img_02.png: colours not in the palette: (7, 8, 9) (3 px)" in out
+    (root / "palette.txt").write_text("0 0 0\n1 1 1\n")
+    code, out = run(capsys, root, "--palette", "palette.txt")
+    assert code == 1
+    assert "ERROR   palette.txt: 2 class colours for 3 classes in classes.txt" in out
+    code, out = run(capsys, root, "--palette", "nope.txt")
+    assert code == 1 and "nope.txt: palette file not found" in out
+
+
+def test_warnings_keep_exit_zero_unless_strict(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", classes=["background", "cat", "dog", "bird"])
+    Image.fromarray(folder_tests.id_mask(0)).save(root / "masks" / "lost.png")
+    (root / "images" / "notes.txt").write_text("x")
+    Image.open(root / "masks" / "img_04.png").save(root / "masks" / "img_04.jpg")
+    (root / "masks" / "img_04.png").unlink()
+    code, out = run(capsys, root)
+    assert code == 0, out
+    assert "WARNING classes.txt: class 3 'bird' never occurs in any mask" in out
+    assert "WARNING masks/lost.png: mask without an image of the same stem; ignored" in out
+    assert "WARNING images/notes.txt: not an image or mask file type; ignored" in out
+    assert "WARNING masks/img_04.jpg: not a PNG: ignored, so its image counts as unlabelled" in out
+    assert "masks: 5  labelled (train): 3  unlabelled: 4  val: 1" in out
+    code, _ = run(capsys, root, "--strict")
+    assert code == 1
+
+
+def test_class_list_problems(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds")
+    (root / "classes.txt").write_text("background\ncat\ncat\n")
+    code, out = run(capsys, root)
+    assert code == 1
+    assert "ERROR   classes.txt:3: duplicate class name 'cat' (first on line 2)" in out
+    (root / "classes.txt").write_text("\n")
+    code, out = run(capsys, root)
+    assert code == 1 and "ERROR   classes.txt: no class names" in out
+    (root / "classes.txt").unlink()
+    code, out = run(capsys, root)
+    assert code == 1 and "ERROR   classes.txt: missing" in out
+
+
+def test_split_file_problems_and_duplicate_stems(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=4, n_unlabeled=2)
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / "images" / "img_00.bmp")
+    (root / "splits").mkdir()
+    (root / "splits" / "labeled.txt").write_text(
+        "images/img_00.png masks/img_00.png\nimages/img_01.png masks/img_01.png\n"
+        "images/img_09.png masks/img_09.png\n"
+    )
+    (root / "splits" / "val.txt").write_text("images/img_01.png masks/img_01.png\n")
+    code, out = run(capsys, root)
+    assert code == 1
+    assert "ERROR   images/img_00.png: same stem as images/img_00.bmp" in out
+    assert "ERROR   images/img_01.png: listed in both labeled.txt and val.txt (leak)" in out
+    assert "ERROR   images/img_09.png: listed in a split file but missing" in out
+    assert "WARNING images/img_02.jpg: in no split file; not used" in out
+    (root / "splits" / "val.txt").unlink()
+    code, out = run(capsys, root)
+    assert code == 1 and "ERROR   splits: split files ['val.txt'] missing" in out
+
+
+def test_too_few_labelled_and_no_images(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=1, n_unlabeled=0)
+    code, out = run(capsys, root)
+    assert code == 1 and "1 labelled image(s)" in out
+    assert "WARNING images/: no unlabelled images" not in out
+    root2 = make_folder(tmp_path / "ds2", n_labeled=3, n_unlabeled=0)
+    code, out = run(capsys, root2)
+    assert code == 0 and "WARNING images/: no unlabelled images" in out
+    for path in (root2 / "images").iterdir():
+        path.unlink()
+    code, out = run(capsys, root2)
+    assert code == 1 and "ERROR   images/: no images" in out

@@ -1,0 +1,367 @@
+#!/usr/bin/env python
+"""Check a folder dataset (images/, masks/, classes.txt, optional splits/) before training.
+
+Usage::
+
+    python tools/check_dataset.py /path/to/folder [--palette palette.txt] [--val-fraction 0.1]
+
+Reads every image and mask once (with a progress bar) and prints the counts and every problem
+with its file name. Errors are what would make training or evaluation fail (unreadable files,
+mask/image size mismatches, ids outside the class list, colours not in the palette, a bad
+classes.txt or split file); warnings are worth a look but do not stop training (a class that
+never occurs, a mask without an image, files that are ignored). Exit status: 1 when there is
+an error, else 0 (``--strict``: warnings count as errors).
+"""
+import argparse
+import re
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from hiervl.data.datasets.folder import (
+    IGNORE_LABEL,
+    IMAGE_EXTENSIONS,
+    FolderDatasetError,
+    Palette,
+    find_split_dir,
+    folder_cache_dir,
+    make_splits,
+    mask_to_ids,
+    parse_classes,
+    parse_palette,
+    read_folder_splits,
+    resolve_palette_path,
+    scan_folder,
+)
+
+ERROR, WARNING = "ERROR", "WARNING"
+_EXIF_ORIENTATION = 0x0112
+
+
+@dataclass
+class Problem:
+    """One finding: its level, the file it is about, and what is wrong."""
+
+    level: str
+    file: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level:<8}{self.file}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_folder`."""
+
+    root: Path
+    problems: List[Problem] = field(default_factory=list)
+    counts: Dict[str, int] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+
+    def error(self, file: str, message: str) -> None:
+        self.problems.append(Problem(ERROR, file, message))
+
+    def warning(self, file: str, message: str) -> None:
+        self.problems.append(Problem(WARNING, file, message))
+
+    @property
+    def errors(self) -> List[Problem]:
+        return [p for p in self.problems if p.level == ERROR]
+
+    @property
+    def warnings(self) -> List[Problem]:
+        return [p for p in self.problems if p.level == WARNING]
+
+
+def _image_size(path: Path) -> Tuple[int, int]:
+    """``(H, W)`` of an image as detectron2 reads it (EXIF orientation applied); decodes fully."""
+    with Image.open(path) as image:
+        image.load()
+        width, height = image.size
+        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
+            width, height = height, width
+    return height, width
+
+
+def _split_message(text: str, root: Path) -> Tuple[str, str]:
+    """Split a library message ``path[:line]: message`` into (file relative to root, message)."""
+    match = re.match(r"^(?P<file>[^:\s]+)(?P<line>:\d+)?: (?P<msg>.*)$", text, re.S)
+    if match is None:
+        return ".", text
+    file = match["file"]
+    try:
+        file = Path(file).relative_to(root).as_posix()
+    except ValueError:
+        pass
+    return file + (match["line"] or ""), match["msg"]
+
+
+def _check_classes(root: Path, report: CheckReport) -> Optional[List[str]]:
+    path = root / "classes.txt"
+    if not path.is_file():
+        report.error("classes.txt", "missing: one class name per line, line i = class id i-1")
+        return None
+    names, _, problems = parse_classes(path.read_text(encoding="utf-8"), "classes.txt")
+    for problem in problems:
+        report.error(*_split_message(problem, root))
+    return names if names else None
+
+
+def _check_palette(
+    root: Path, palette: str, num_classes: Optional[int], report: CheckReport
+) -> Optional[Palette]:
+    path = resolve_palette_path(root, palette)
+    if path is None:
+        return None
+    if not path.is_file():
+        report.error(str(path), "palette file not found")
+        return None
+    pal, problems = parse_palette(path.read_text(encoding="utf-8"), num_classes, str(path))
+    for problem in problems:
+        report.error(*_split_message(problem, root))
+    return pal
+
+
+def check_folder(
+    root: Path,
+    *,
+    palette: str = "",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+) -> CheckReport:
+    """Validate a folder dataset; see the module docstring.
+
+    Args:
+        root: the folder.
+        palette: palette file of colour masks (``""``: masks hold class ids).
+        val_fraction: VAL_FRACTION used when there are no split files (the split is only
+            drawn here, not written).
+        seed: seed of that draw.
+        progress: show a tqdm progress bar on stderr.
+    """
+    root = Path(root).expanduser().resolve()
+    report = CheckReport(root)
+    if not root.is_dir():
+        report.error(str(root), "folder not found")
+        return report
+    class_names = _check_classes(root, report)
+    num_classes = len(class_names) if class_names else None
+    pal = _check_palette(root, palette, num_classes, report)
+    palette_broken = bool(palette) and pal is None
+
+    try:
+        scan = scan_folder(root)
+    except FolderDatasetError as e:
+        report.error("images/", str(e))
+        return report
+    if not scan.images:
+        report.error("images/", f"no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for stem, paths in scan.duplicate_images.items():
+        for path in paths[1:]:
+            report.error(path, f"same stem as {paths[0]}; masks pair with images by stem")
+    for path in scan.orphan_masks:
+        report.warning(path, "mask without an image of the same stem; ignored")
+    for path in scan.ignored_files:
+        if path.startswith("masks/") and path.lower().endswith(IMAGE_EXTENSIONS):
+            report.warning(path, "not a PNG: ignored, so its image counts as unlabelled")
+        else:
+            report.warning(path, "not an image or mask file type; ignored")
+    for path in list(scan.images.values()) + list(scan.masks.values()):
+        if any(c.isspace() for c in path):
+            report.error(path, "file name with whitespace: split files cannot hold it; rename")
+
+    split_dir = find_split_dir(root)
+    splits = None
+    if split_dir is not None:
+        report.notes.append(f"split files: {split_dir}")
+        try:
+            splits = read_folder_splits(split_dir, scan)
+        except FolderDatasetError as e:
+            report.error(*_split_message(str(e), root))
+    elif scan.images:
+        try:
+            splits = make_splits(scan, val_fraction=val_fraction, seed=seed)
+            report.notes.append(
+                f"no split files: training draws {len(splits.val)} of "
+                f"{len(splits.labeled) + len(splits.val)} labelled images for val "
+                f"(VAL_FRACTION {val_fraction}, seed {seed}) and writes splits/"
+            )
+        except FolderDatasetError as e:
+            report.error(*_split_message(str(e), root))
+
+    report.counts = {
+        "images": len(scan.images),
+        "masks": len(scan.masks) + len(scan.orphan_masks),
+        "labelled (train)": len(splits.labeled) if splits else 0,
+        "unlabelled": len(splits.unlabeled) if splits else len(scan.unlabeled_stems),
+        "val": len(splits.val) if splits else 0,
+        "classes": num_classes or 0,
+    }
+    if splits is None:
+        return report
+    if not splits.unlabeled:
+        report.warning(
+            "images/", "no unlabelled images (images without a mask): train with SEMI.ENABLED False"
+        )
+    if split_dir is not None:
+        _check_split_membership(scan, splits, report)
+
+    presence = {"train": Counter(), "val": Counter()}
+    converted = 0
+    jobs = [("train", i, m) for i, m in splits.labeled] + [("val", i, m) for i, m in splits.val]
+    jobs += [("unlabeled", i, None) for i in splits.unlabeled]
+    for split, image_rel, mask_rel in tqdm(
+        jobs, desc="checking", unit="img", disable=not progress, file=sys.stderr
+    ):
+        image_hw = _check_image(root, image_rel, report)
+        if mask_rel is None:
+            continue
+        ids, needs_conversion = _check_mask(root, mask_rel, pal, palette_broken, report)
+        if ids is None:
+            continue
+        converted += needs_conversion
+        if image_hw is not None and ids.shape != image_hw:
+            report.error(
+                mask_rel,
+                f"mask size {ids.shape[1]}x{ids.shape[0]} differs from image {image_rel} "
+                f"size {image_hw[1]}x{image_hw[0]} (WxH)",
+            )
+        values = np.unique(ids).tolist()
+        if num_classes is not None:
+            bad = [v for v in values if v != IGNORE_LABEL and v >= num_classes]
+            if bad:
+                report.error(
+                    mask_rel,
+                    f"ids {bad} outside the {num_classes} classes of classes.txt "
+                    f"(valid: 0..{num_classes - 1} and {IGNORE_LABEL} = ignore)",
+                )
+        presence[split].update(v for v in values if v != IGNORE_LABEL)
+    if converted:
+        report.notes.append(
+            f"{converted} masks are not 8-bit id PNGs: converted once into "
+            f"{folder_cache_dir(root) / 'id_masks'} at training time"
+        )
+    if class_names:
+        _check_class_presence(class_names, presence, report)
+    return report
+
+
+def _check_split_membership(scan, splits, report: CheckReport) -> None:
+    root = report.root
+    seen: Dict[str, str] = {}
+    for split_name, items in (
+        ("labeled.txt", [i for i, _ in splits.labeled]),
+        ("val.txt", [i for i, _ in splits.val]),
+        ("unlabeled.txt", list(splits.unlabeled)),
+    ):
+        for image_rel in items:
+            first = seen.get(image_rel, split_name)
+            if first == split_name:
+                seen[image_rel] = split_name
+            elif "unlabeled.txt" in (first, split_name):
+                report.warning(image_rel, f"listed in both {first} and {split_name}")
+            else:
+                report.error(image_rel, f"listed in both {first} and {split_name} (leak)")
+    for pair in splits.labeled + splits.val:
+        for path in pair:
+            if not (root / path).is_file():
+                report.error(path, "listed in a split file but missing")
+    for image_rel in splits.unlabeled:
+        if not (root / image_rel).is_file():
+            report.error(image_rel, "listed in unlabeled.txt but missing")
+    unused = [p for p in scan.images.values() if p not in seen]
+    for path in unused:
+        report.warning(path, "in no split file; not used (delete splits/ to redraw)")
+
+
+def _check_image(root: Path, image_rel: str, report: CheckReport) -> Optional[Tuple[int, int]]:
+    path = root / image_rel
+    if not path.is_file():
+        return None
+    try:
+        return _image_size(path)
+    except (OSError, SyntaxError, ValueError) as e:
+        report.error(image_rel, f"unreadable image ({type(e).__name__}: {e})")
+        return None
+
+
+def _check_mask(
+    root: Path, mask_rel: str, pal: Optional[Palette], palette_broken: bool, report: CheckReport
+) -> Tuple[Optional[np.ndarray], bool]:
+    path = root / mask_rel
+    if not path.is_file():
+        return None, False
+    try:
+        with Image.open(path) as mask:
+            mask.load()
+            needs_conversion = not (mask.mode == "L" and mask.format == "PNG")
+            if palette_broken and mask.mode in ("RGB", "RGBA"):
+                return None, needs_conversion
+            return mask_to_ids(mask, pal, mask_rel), needs_conversion
+    except FolderDatasetError as e:
+        report.error(*_split_message(str(e), root))
+    except (OSError, SyntaxError, ValueError) as e:
+        report.error(mask_rel, f"unreadable mask ({type(e).__name__}: {e})")
+    return None, False
+
+
+def _check_class_presence(
+    class_names: Sequence[str], presence: Dict[str, Counter], report: CheckReport
+) -> None:
+    for class_id, name in enumerate(class_names):
+        train, val = presence["train"][class_id], presence["val"][class_id]
+        if not train and not val:
+            report.warning("classes.txt", f"class {class_id} {name!r} never occurs in any mask")
+        elif not train:
+            report.warning(
+                "classes.txt",
+                f"class {class_id} {name!r} occurs in {val} val masks but in no training mask",
+            )
+
+
+def format_report(report: CheckReport) -> str:
+    """The human-readable report: counts, notes, problems, verdict."""
+    lines = [f"Folder dataset {report.root}"]
+    if report.counts:
+        lines.append("  " + "  ".join(f"{k}: {v}" for k, v in report.counts.items()))
+    lines += [f"  {note}" for note in report.notes]
+    lines += [str(p) for p in report.problems]
+    n_err, n_warn = len(report.errors), len(report.warnings)
+    verdict = "training would fail" if n_err else "ready to train"
+    lines.append(f"{n_err} error(s), {n_warn} warning(s): {verdict}")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", help="folder with images/, masks/, classes.txt")
+    parser.add_argument("--palette", default="", help="palette file of colour masks")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="DATASETS.CUSTOM.VAL_FRACTION"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the train/val draw")
+    parser.add_argument("--strict", action="store_true", help="warnings count as errors")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    report = check_folder(
+        Path(args.root),
+        palette=args.palette,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    print(format_report(report))
+    failed = bool(report.errors) or (args.strict and bool(report.warnings))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
