@@ -3,6 +3,7 @@
 from . import ade20k, cityscapes, coco, demo, voc
 from .builtin import BUILTIN_DATASETS, register_all_semi_datasets
 from .demo import prepare_demo_dataset, register_demo
+from .folder import export_demo_as_folder, register_folder, register_folder_from_cfg
 from .semi_splits import SemiDatasetSpec, register_semi_dataset, write_split_files
 from .semseg import (
     SplitFileError,
@@ -29,6 +30,9 @@ __all__ = [
     "voc",
     "write_split_files",
     "datasets_root",
+    "export_demo_as_folder",
+    "register_folder",
+    "register_folder_from_cfg",
     "demo",
     "load_semseg_split",
     "prepare_demo_dataset",
