@@ -1,0 +1,553 @@
+"""The HierVL meta-architecture (METHOD.md §1-6): wires the parts, nothing else.
+
+image -> CLIP image encoder -> HSQG (class queries, relevance) -> pixel decoder with CMSAM ->
+dual-query decoder -> set criterion + regularisers (training) or semantic map (inference).
+"""
+
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.modeling.postprocessing import sem_seg_postprocess
+from detectron2.structures import ImageList
+from torch import nn
+
+from .modeling.clip import CLIPImageEncoder, PromptTextEncoder, build_open_clip
+from .modeling.criterion import HierVLCriterion, semantic_targets
+from .modeling.heads import HSQG, build_transformer_decoder
+from .modeling.pixel_decoder import build_pixel_decoder
+from .modeling.regularizers import (
+    AnchorHead,
+    anchor_loss,
+    build_masked_views,
+    masked_consistency_loss,
+    pixel_text_loss,
+    topology_loss,
+)
+
+__all__ = ["HierVL", "semantic_map"]
+
+logger = logging.getLogger(__name__)
+
+
+def semantic_map(outputs: Dict, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``S(c, x) = sum_k softmax(l_k)(c) * sigmoid(m_k(x))`` over the kept rows.
+
+    Args:
+        outputs: ``{"pred_logits": [B, K, C+1], "pred_masks": [B, K, h, w]}``.
+        keep: ``[B, K]`` bool; rows with False are left out (default: all rows).
+
+    Returns:
+        ``[B, C, h, w]`` (not normalised over classes).
+    """
+    probs = outputs["pred_logits"].float().softmax(-1)[..., :-1]
+    if keep is not None:
+        probs = probs * keep[..., None].to(probs.dtype)
+    return torch.einsum("bkc,bkhw->bchw", probs, outputs["pred_masks"].float().sigmoid())
+
+
+@META_ARCH_REGISTRY.register()
+class HierVL(nn.Module):
+    """Semi-supervised semantic segmentation with hierarchical vision-language anchors."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        image_encoder: CLIPImageEncoder,
+        text_encoder: PromptTextEncoder,
+        hsqg: Optional[HSQG],
+        pixel_decoder: nn.Module,
+        decoder: nn.Module,
+        criterion: HierVLCriterion,
+        class_names: Sequence[str],
+        class_descriptions: Optional[Sequence[Sequence[str]]] = None,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+        ignore_value: int = 255,
+        anchor_head: Optional[nn.Module] = None,
+        relevance_weight: float = 1.0,
+        topo_weight: float = 1.0,
+        anchor_weight: float = 1.0,
+        anchor_lambda: float = 1.0,
+        masked_consistency_weight: float = 1.0,
+        pixel_text_weight: float = 0.5,
+        pixel_text_temperature: float = 0.07,
+        entropy_weight: float = 0.01,
+        sliding_window: bool = True,
+        crop_size: Tuple[int, int] = (512, 512),
+        stride: Tuple[int, int] = (256, 256),
+        flip: bool = False,
+        scales: Sequence[float] = (1.0,),
+    ):
+        """
+        Args:
+            image_encoder: CLIP image encoder ``E_I`` (fine-tuned) -> ``res2..res5``, ``global``.
+            text_encoder: prompted, frozen CLIP text encoder -> ``t̂ [C, Dt]``, ``t⁰ [C, Dt]``.
+            hsqg: hierarchical query generator, or None (no class queries and no CMSAM).
+            pixel_decoder: ``(features, queries [B,Q,D], keep [B,Q]) -> (mask_features
+                [B,Dm,H/4,W/4], multi-scale features (strides 32/16/8), refined queries)``.
+            decoder: transformer decoder (``DualQueryTransformerDecoder``); its
+                ``num_class_rows`` says whether it takes the class rows.
+            criterion: set losses of the decoder outputs.
+            class_names: the ``C`` class names of the training data.
+            class_descriptions: optional per-class description lists (HVLFormer prompts).
+            pixel_mean / pixel_std: per-channel normalisation of 0-255 RGB input.
+            size_divisibility: padded inputs are multiples of this (a multiple of the patch).
+            ignore_value: label of ignored pixels.
+            anchor_head: the MLP ``h`` of Eq. 4 (None = identity / term off).
+            relevance_weight: BCE of the relevance estimator on labelled images (0 = off).
+            topo_weight / anchor_weight: Eq. 3 / Eq. 4 weights (0 = off); anchor_lambda: λ.
+            masked_consistency_weight / pixel_text_weight: Eq. 6 / Eq. 7 weights (0 = off).
+            pixel_text_temperature: τ of Eq. 7.
+            entropy_weight: entropy minimisation on unlabelled images (0 = off).
+            sliding_window: sliding-window inference for images larger than ``crop_size``.
+            crop_size / stride: ``(h, w)`` of the inference windows and their step.
+            flip / scales: test-time augmentation (horizontal flip, image scales).
+        """
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.hsqg = hsqg
+        self.pixel_decoder = pixel_decoder
+        self.decoder = decoder
+        self.criterion = criterion
+        self.anchor_head = anchor_head
+        self.class_names = [str(n) for n in class_names]
+        self.class_descriptions = (
+            None if class_descriptions is None else [list(d) for d in class_descriptions]
+        )
+        self.num_classes = len(self.class_names)
+        if criterion.num_classes != self.num_classes:
+            raise ValueError(
+                f"{self.num_classes} class names but the criterion has {criterion.num_classes} "
+                f"classes (MODEL.HIERVL.NUM_CLASSES)"
+            )
+        self.class_queries = getattr(decoder, "num_class_rows", 0) > 0
+        if self.class_queries and hsqg is None:
+            raise ValueError("class rows in the decoder need an HSQG")
+        patch = image_encoder.size_divisibility
+        if size_divisibility % patch != 0 or size_divisibility % 32 != 0:
+            raise ValueError(
+                f"size_divisibility {size_divisibility} must be a multiple of the patch size "
+                f"{patch} and of 32 (stride of res5)"
+            )
+        self.size_divisibility = size_divisibility
+        self.ignore_value = ignore_value
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), False)
+        self.relevance_weight = relevance_weight
+        self.topo_weight = topo_weight
+        self.anchor_weight = anchor_weight
+        self.anchor_lambda = anchor_lambda
+        self.masked_consistency_weight = masked_consistency_weight
+        self.pixel_text_weight = pixel_text_weight
+        self.pixel_text_temperature = pixel_text_temperature
+        self.entropy_weight = entropy_weight
+        self.sliding_window = sliding_window
+        self.crop_size = tuple(int(s) for s in crop_size)
+        self.stride = tuple(int(s) for s in stride)
+        if min(self.crop_size) <= 0 or min(self.stride) <= 0:
+            raise ValueError(f"crop size {crop_size} and stride {stride} must be positive")
+        self.flip = flip
+        self.scales = [float(s) for s in scales]
+        if hsqg is None and masked_consistency_weight <= 0 and pixel_text_weight <= 0:
+            # Nothing reads the global embedding or the dense text-space tokens: freeze the
+            # ViT's output head (ln_post, proj) so that no trainable parameter is left unused.
+            visual = image_encoder.visual
+            for p in list(visual.ln_post.parameters()) + [visual.proj]:
+                p.requires_grad_(False)
+            logger.info("HierVL: no HSQG and no Eq. 6-7 losses; CLIP's ln_post / proj frozen")
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        hv = cfg.MODEL.HIERVL
+        if not cfg.DATASETS.TRAIN:
+            raise ValueError("DATASETS.TRAIN is empty: the class names come from its metadata")
+        metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+        class_names = metadata.get("stuff_classes", None)
+        if not class_names:
+            raise ValueError(
+                f"dataset {cfg.DATASETS.TRAIN[0]!r} has no 'stuff_classes' metadata; register it "
+                f"(import hiervl.data.datasets) before building the model"
+            )
+        if len(class_names) != hv.NUM_CLASSES:
+            raise ValueError(
+                f"MODEL.HIERVL.NUM_CLASSES={hv.NUM_CLASSES} but {cfg.DATASETS.TRAIN[0]!r} has "
+                f"{len(class_names)} classes"
+            )
+        clip_model = build_open_clip(hv.CLIP.MODEL_NAME, hv.CLIP.PRETRAINED, hv.CLIP.IMAGE_SIZE)
+        image_encoder = CLIPImageEncoder(cfg, clip_model=clip_model)
+        text_encoder = PromptTextEncoder(cfg, clip_model=clip_model)
+        text_dim = text_encoder.embed_dim
+        class_queries = hv.DECODER.CLASS_QUERIES_ENABLED
+        hsqg = None
+        if class_queries or hv.PIXEL_DECODER.CMSAM_ENABLED:
+            hsqg = HSQG(cfg, text_dim=text_dim)
+        num_levels = hsqg.num_levels if hsqg is not None else 1
+        loss = hv.LOSS
+        test = hv.TEST
+        return {
+            "image_encoder": image_encoder,
+            "text_encoder": text_encoder,
+            "hsqg": hsqg,
+            "pixel_decoder": build_pixel_decoder(cfg, image_encoder.output_shape()),
+            "decoder": build_transformer_decoder(
+                cfg,
+                num_classes=hv.NUM_CLASSES,
+                text_dim=text_dim,
+                num_class_rows=hv.NUM_CLASSES * num_levels if class_queries else 0,
+                num_levels=num_levels,
+            ),
+            "criterion": HierVLCriterion(cfg),
+            "class_names": list(class_names),
+            "class_descriptions": metadata.get("class_descriptions", None),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": hv.SIZE_DIVISIBILITY,
+            "ignore_value": metadata.get("ignore_label", 255),
+            "anchor_head": AnchorHead(dim=text_dim) if loss.ANCHOR_WEIGHT > 0 else None,
+            "relevance_weight": loss.RELEVANCE_WEIGHT,
+            "topo_weight": loss.TOPO_WEIGHT,
+            "anchor_weight": loss.ANCHOR_WEIGHT,
+            "anchor_lambda": loss.ANCHOR_LAMBDA,
+            "masked_consistency_weight": loss.MASKED_CONSISTENCY_WEIGHT,
+            "pixel_text_weight": loss.PIXEL_TEXT_WEIGHT,
+            "pixel_text_temperature": loss.PIXEL_TEXT_TEMPERATURE,
+            "entropy_weight": loss.ENTROPY_WEIGHT,
+            "sliding_window": test.SLIDING_WINDOW,
+            "crop_size": tuple(test.CROP_SIZE),
+            "stride": tuple(test.STRIDE),
+            "flip": test.FLIP,
+            "scales": list(test.SCALES),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    # ---- shared pieces ---------------------------------------------------------------------
+    def text_embeddings(self) -> torch.Tensor:
+        """``t̂ [C, Dt]``: normalised class embeddings with the learnable prompts."""
+        return self.text_encoder(self.class_names, self.class_descriptions)
+
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
+
+    def _pad(self, images: torch.Tensor) -> torch.Tensor:
+        """Zero-pad ``[B, 3, H, W]`` (normalised: 0 = mean colour) to the size divisibility."""
+        div = self.size_divisibility
+        height, width = images.shape[-2:]
+        pad_h, pad_w = (-height) % div, (-width) % div
+        if pad_h == 0 and pad_w == 0:
+            return images
+        return F.pad(images, (0, pad_w, 0, pad_h))
+
+    def _run(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        presence: Optional[torch.Tensor] = None,
+        labeled: Optional[torch.Tensor] = None,
+    ) -> Tuple[Dict, Optional[Dict], torch.Tensor]:
+        """Encoder -> HSQG -> pixel decoder -> decoder on padded, normalised images.
+
+        Args:
+            images: ``[B, 3, H, W]``, H and W multiples of ``size_divisibility``.
+            text: ``[C, Dt]`` class embeddings.
+            presence: ``[B, C]`` bool ground-truth presence (used on labelled images).
+            labeled: ``[B]`` bool; None = all unlabelled (predicted relevance).
+
+        Returns:
+            decoder outputs, the HSQG outputs (None without HSQG), and ``row_classes [K]``
+            (class of each class row, -1 for instance rows).
+        """
+        features = self.image_encoder(images)
+        hs = None
+        queries = keep = None
+        if self.hsqg is not None:
+            hs = self._hsqg(text, features["global"], presence, labeled)
+            queries, keep = hs["queries"], hs["keep"]
+        mask_features, multi_scale, refined = self.pixel_decoder(features, queries, keep)
+        if self.class_queries:
+            outputs = self.decoder(multi_scale, mask_features, refined, keep)
+            class_rows = hs["row_class"]
+        else:
+            outputs = self.decoder(multi_scale, mask_features)
+            class_rows = torch.zeros(0, dtype=torch.long, device=images.device)
+        instance_rows = torch.full(
+            (self.decoder.num_rows - class_rows.numel(),),
+            -1,
+            dtype=torch.long,
+            device=images.device,
+        )
+        return outputs, hs, torch.cat([class_rows, instance_rows])
+
+    def _hsqg(self, text, image_global, presence, labeled) -> Dict[str, torch.Tensor]:
+        """HSQG with ground-truth presence on labelled images, predicted relevance elsewhere."""
+        if labeled is None or not bool(labeled.any()):
+            return self.hsqg(text, image_global, None)
+        if bool(labeled.all()):
+            return self.hsqg(text, image_global, presence)
+        given = self.hsqg(text, image_global, presence)
+        predicted = self.hsqg(text, image_global, None)
+        merged = dict(given)
+        for key in ("queries", "keep"):
+            select = labeled.view(-1, *([1] * (given[key].dim() - 1)))
+            merged[key] = torch.where(select, given[key], predicted[key])
+        return merged
+
+    # ---- training ----------------------------------------------------------------------------
+    def forward(self, batched_inputs: List[Dict], return_outputs: bool = False):
+        """
+        Args:
+            batched_inputs: detectron2 dicts. Training: ``image`` uint8 ``[3,H,W]``, ``sem_seg``
+                long ``[H,W]`` (255 ignore), optional ``sem_seg_weight`` float ``[H,W]``,
+                optional ``labeled`` bool (default True). Inference: ``image`` and optional
+                ``height`` / ``width`` of the output.
+            return_outputs: training only; also return the decoder outputs (with
+                ``aux_outputs``, per layer) for consistency regularisers.
+
+        Returns:
+            training: dict of weighted losses (``(losses, outputs)`` with ``return_outputs``);
+            inference: ``[{"sem_seg": [C, height, width], "relevance": [C]}]``.
+        """
+        if not self.training:
+            return self.inference(batched_inputs)
+        return self._forward_train(batched_inputs, return_outputs)
+
+    def _forward_train(self, batched_inputs: List[Dict], return_outputs: bool):
+        div = self.size_divisibility
+        images = ImageList.from_tensors(
+            [self._normalize(x["image"]) for x in batched_inputs], div
+        ).tensor
+        labels, weights = [], []
+        for x in batched_inputs:
+            height, width = x["image"].shape[-2:]
+            sem = x.get("sem_seg")
+            if sem is None:
+                sem = torch.full((height, width), self.ignore_value, dtype=torch.long)
+            labels.append(sem.to(self.device).long())
+            weight = x.get("sem_seg_weight")
+            weights.append(
+                torch.ones(height, width, device=self.device)
+                if weight is None
+                else weight.to(self.device).float()
+            )
+        labels = ImageList.from_tensors(labels, div, pad_value=self.ignore_value).tensor
+        weights = ImageList.from_tensors(weights, div, pad_value=0.0).tensor
+        labels = labels[:, : images.shape[-2], : images.shape[-1]]
+        weights = weights[:, : images.shape[-2], : images.shape[-1]]
+        targets = [
+            semantic_targets(sem, self.num_classes, weight=w, ignore_value=self.ignore_value)
+            for sem, w in zip(labels, weights)
+        ]
+        labeled = torch.tensor(
+            [bool(x.get("labeled", True)) for x in batched_inputs], device=self.device
+        )
+        presence = torch.zeros(len(targets), self.num_classes, dtype=torch.bool, device=self.device)
+        for b, target in enumerate(targets):
+            presence[b, target["labels"]] = True
+        has_pixels = torch.stack([(t["weight"] > 0).any() for t in targets])
+
+        text = self.text_embeddings()
+        outputs, hs, row_classes = self._run(images, text, presence, labeled)
+        losses = self.criterion(
+            outputs, targets, row_classes=row_classes, row_keep=outputs["keep"], text_embeds=text
+        )
+        if self.hsqg is not None and self.hsqg.relevance_enabled and self.relevance_weight > 0:
+            use = labeled & has_pixels
+            if bool(use.any()):
+                bce = self.hsqg.relevance_loss(hs["relevance_logits"][use], presence[use])
+            else:
+                bce = hs["relevance_logits"].sum() * 0.0
+            losses["loss_relevance"] = self.relevance_weight * bce
+        losses.update(self._prompt_losses(text))
+        losses.update(self._vision_language_losses(images, labels, text))
+        if self.entropy_weight > 0:
+            losses["loss_entropy"] = self.entropy_weight * self._entropy(outputs, ~labeled)
+        if return_outputs:
+            return losses, outputs
+        return losses
+
+    def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Eq. 3-5 between ``t̂`` and the fixed-template ``t⁰``."""
+        losses = {}
+        if self.topo_weight <= 0 and self.anchor_weight <= 0:
+            return losses
+        t0 = self.text_encoder.template_embeddings(self.class_names, self.class_descriptions)
+        if self.topo_weight > 0:
+            losses["loss_topo"] = self.topo_weight * topology_loss(text, t0)
+        if self.anchor_weight > 0:
+            losses["loss_anchor"] = self.anchor_weight * anchor_loss(
+                text, t0, head=self.anchor_head, lam=self.anchor_lambda
+            )
+        return losses
+
+    def _vision_language_losses(
+        self, images: torch.Tensor, labels: torch.Tensor, text: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
+        """Eq. 6-8 on images with a present class (ground truth or pseudo-label): one class is
+        blanked per image; the trained encoder's dense tokens on ``M`` must match the frozen
+        encoder's on the original image (Eq. 6) and classify as that class (Eq. 7)."""
+        mc_on = self.masked_consistency_weight > 0
+        pt_on = self.pixel_text_weight > 0
+        if not (mc_on or pt_on):
+            return {}
+        views = build_masked_views(
+            images,
+            labels,
+            patch_size=self.image_encoder.patch_size,
+            ignore_label=self.ignore_value,
+        )
+        valid = views["valid"]
+        losses = {}
+        if not bool(valid.any()):
+            zero = images.new_zeros(())
+            if mc_on:
+                losses["loss_masked_consistency"] = zero
+            if pt_on:
+                losses["loss_pixel_text"] = zero.clone()
+            return losses
+        feats = self.image_encoder.dense_embeddings(views["images"][valid])
+        mask = views["token_mask"][valid]
+        if mc_on:
+            frozen = self.image_encoder.frozen_dense_embeddings(images[valid])
+            losses["loss_masked_consistency"] = self.masked_consistency_weight * (
+                masked_consistency_loss(feats, frozen, mask)
+            )
+        if pt_on:
+            losses["loss_pixel_text"] = self.pixel_text_weight * pixel_text_loss(
+                feats,
+                text,
+                views["token_labels"][valid],
+                temperature=self.pixel_text_temperature,
+                mask=mask,
+                ignore_label=self.ignore_value,
+            )
+        return losses
+
+    def _entropy(self, outputs: Dict, select: torch.Tensor) -> torch.Tensor:
+        """Mean per-pixel entropy of the normalised class distribution on ``select`` images."""
+        if not bool(select.any()):
+            return outputs["pred_logits"].sum() * 0.0
+        sem = semantic_map(
+            {k: outputs[k][select] for k in ("pred_logits", "pred_masks")}, outputs["keep"][select]
+        )
+        probs = sem / sem.sum(1, keepdim=True).clamp(min=1e-6)
+        return -(probs * probs.clamp(min=1e-8).log()).sum(1).mean()
+
+    # ---- inference ---------------------------------------------------------------------------
+    def _predict(self, images: torch.Tensor, text: torch.Tensor):
+        """Semantic map and relevance of normalised images ``[B, 3, H, W]`` (any size).
+
+        Returns:
+            ``S [B, C, H, W]`` at the input size and ``relevance [B, C]``.
+        """
+        height, width = images.shape[-2:]
+        padded = self._pad(images)
+        outputs, hs, _ = self._run(padded, text)
+        sem = semantic_map(outputs, outputs["keep"])
+        sem = F.interpolate(sem, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        if hs is not None:
+            relevance = hs["relevance"].float()
+        else:
+            relevance = sem.new_ones(images.shape[0], self.num_classes)
+        return sem[..., :height, :width], relevance
+
+    def _windows(self, height: int, width: int) -> List[Tuple[int, int]]:
+        """Top-left corners of the sliding windows covering an ``height x width`` image."""
+        (crop_h, crop_w), (step_h, step_w) = self.crop_size, self.stride
+        rows = max(math.ceil((height - crop_h) / step_h), 0) + 1
+        cols = max(math.ceil((width - crop_w) / step_w), 0) + 1
+        return [
+            (max(min(r * step_h, height - crop_h), 0), max(min(c * step_w, width - crop_w), 0))
+            for r in range(rows)
+            for c in range(cols)
+        ]
+
+    def _sliding(self, image: torch.Tensor, text: torch.Tensor):
+        """``S [C, H, W]`` and relevance ``[C]`` (max over windows) of one normalised image
+        ``[3, H, W]``; whole image when sliding is off or it fits in one window."""
+        height, width = image.shape[-2:]
+        crop_h, crop_w = self.crop_size
+        if not self.sliding_window or (height <= crop_h and width <= crop_w):
+            sem, relevance = self._predict(image[None], text)
+            return sem[0], relevance[0]
+        corners = self._windows(height, width)
+        crops = torch.stack([image[:, y : y + crop_h, x : x + crop_w] for y, x in corners])
+        sems, relevances = self._predict(crops, text)
+        total = sems.new_zeros(self.num_classes, height, width)
+        count = sems.new_zeros(1, height, width)
+        for (y, x), sem in zip(corners, sems):
+            h, w = sem.shape[-2:]
+            total[:, y : y + h, x : x + w] += sem
+            count[:, y : y + h, x : x + w] += 1
+        return total / count.clamp(min=1), relevances.max(0).values
+
+    def _test_time(self, image: torch.Tensor, text: torch.Tensor):
+        """Average of ``_sliding`` over the test scales (and flips), at the input size."""
+        height, width = image.shape[-2:]
+        total, relevance, views = None, None, 0
+        for scale in self.scales:
+            if scale == 1.0:
+                scaled = image
+            else:
+                size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
+                scaled = F.interpolate(
+                    image[None], size=size, mode="bilinear", align_corners=False
+                )[0]
+            for flipped in [False, True] if self.flip else [False]:
+                view = scaled.flip(-1) if flipped else scaled
+                sem, rel = self._sliding(view, text)
+                if flipped:
+                    sem = sem.flip(-1)
+                if sem.shape[-2:] != (height, width):
+                    sem = F.interpolate(
+                        sem[None], size=(height, width), mode="bilinear", align_corners=False
+                    )[0]
+                total = sem if total is None else total + sem
+                relevance = rel if relevance is None else relevance + rel
+                views += 1
+        return total / views, relevance / views
+
+    @torch.no_grad()
+    def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
+        """Per input: ``{"sem_seg": [C, height, width], "relevance": [C]}`` (see ``forward``)."""
+        text = self.text_embeddings()
+        results = []
+        for x in batched_inputs:
+            image = self._normalize(x["image"])
+            height, width = image.shape[-2:]
+            sem, relevance = self._test_time(image, text)
+            out_h, out_w = x.get("height", height), x.get("width", width)
+            sem = sem_seg_postprocess(sem, (height, width), out_h, out_w)
+            results.append({"sem_seg": sem, "relevance": relevance})
+        return results
+
+    @torch.no_grad()
+    def semantic_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-pixel class distribution for pseudo-labels (the teacher's view), no TTA.
+
+        Args:
+            images: ``[B, 3, H, W]`` float, already normalised with PIXEL_MEAN / STD.
+
+        Returns:
+            ``[B, C, H, W]``, summing to 1 over classes.
+        """
+        text = self.text_embeddings()
+        height, width = images.shape[-2:]
+        crop_h, crop_w = self.crop_size
+        if not self.sliding_window or (height <= crop_h and width <= crop_w):
+            sem, _ = self._predict(images.to(self.device).float(), text)
+        else:
+            sem = torch.stack(
+                [self._sliding(img.to(self.device).float(), text)[0] for img in images]
+            )
+        return sem / sem.sum(1, keepdim=True).clamp(min=1e-6)

@@ -1,0 +1,310 @@
+"""Set losses of the dual-query decoder (METHOD.md §4-5): class CE + point-sampled mask BCE and
+dice + the alignment loss (Eq. 2), with deep supervision over every decoder layer.
+
+Assignment: a class row ``(c, e)`` is tied to class ``c`` — its target is the segment of ``c``
+when ``c`` occurs in the image and the row is kept, otherwise "no object"; instance rows are
+Hungarian-matched (``matcher.py``) to the image's segments (one per present class for semantic
+ground truth). Pixels with label ``ignore_value`` or weight 0 take no part in the mask losses;
+``weight`` maps (confidence-weighted pseudo-labels) scale the per-pixel mask losses.
+"""
+
+import logging
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from detectron2.config import configurable
+from torch import nn
+
+from .matcher import HungarianMatcher
+from .point_sampling import logit_uncertainty, point_sample, uncertain_point_coords
+
+__all__ = ["HierVLCriterion", "semantic_targets"]
+
+logger = logging.getLogger(__name__)
+
+
+def semantic_targets(
+    sem_seg: torch.Tensor,
+    num_classes: int,
+    *,
+    weight: Optional[torch.Tensor] = None,
+    ignore_value: int = 255,
+) -> Dict[str, torch.Tensor]:
+    """Turn a semantic label map into per-class segments.
+
+    Args:
+        sem_seg: ``[H, W]`` long, train ids ``0..C-1`` and ``ignore_value``.
+        num_classes: ``C``; ids outside ``[0, C)`` are treated as ignored.
+        weight: optional ``[H, W]`` float per-pixel loss weight (default 1).
+        ignore_value: label of ignored pixels.
+
+    Returns:
+        ``{"labels": [T] long, "masks": [T, H, W] float, "weight": [H, W] float}``: the present
+        classes in increasing order, their binary masks, and the pixel weights (0 where ignored).
+    """
+    valid = (sem_seg != ignore_value) & (sem_seg >= 0) & (sem_seg < num_classes)
+    pixel_weight = valid.float() if weight is None else weight.float() * valid.float()
+    labels = torch.unique(sem_seg[valid & (pixel_weight > 0)])
+    masks = (sem_seg[None] == labels[:, None, None]).float()
+    return {"labels": labels.long(), "masks": masks, "weight": pixel_weight}
+
+
+def _reduced_count(count: float, device: torch.device) -> float:
+    """Average a count over distributed workers (unchanged outside distributed training)."""
+    value = torch.tensor([count], dtype=torch.float32, device=device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(value)
+        value = value / dist.get_world_size()
+    return max(value.item(), 1.0)
+
+
+class HierVLCriterion(nn.Module):
+    """Weighted losses of one or all decoder layers. A term whose weight is 0 is not computed."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        matcher: HungarianMatcher,
+        class_weight: float,
+        mask_weight: float,
+        dice_weight: float,
+        align_weight: float,
+        no_object_weight: float,
+        num_points: int,
+        oversample_ratio: float,
+        importance_sample_ratio: float,
+        deep_supervision: bool = True,
+    ):
+        """
+        Args:
+            num_classes: number of classes ``C`` (the no-object class is ``C``).
+            matcher: assigns instance rows to segments.
+            class_weight: weight of the classification cross-entropy.
+            mask_weight: weight of the point-sampled mask BCE.
+            dice_weight: weight of the point-sampled dice loss.
+            align_weight: weight of the alignment loss (Eq. 2).
+            no_object_weight: CE weight of the "no object" class.
+            num_points: points per mask for the mask losses.
+            oversample_ratio: candidate points per kept point for importance sampling.
+            importance_sample_ratio: fraction of points chosen by uncertainty.
+            deep_supervision: also supervise ``outputs["aux_outputs"]`` (suffix ``_<i>``).
+        """
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher
+        self.class_weight = class_weight
+        self.mask_weight = mask_weight
+        self.dice_weight = dice_weight
+        self.align_weight = align_weight
+        self.num_points = num_points
+        self.oversample_ratio = oversample_ratio
+        self.importance_sample_ratio = importance_sample_ratio
+        self.deep_supervision = deep_supervision
+        empty_weight = torch.ones(num_classes + 1)
+        empty_weight[-1] = no_object_weight
+        self.register_buffer("empty_weight", empty_weight, persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        loss = cfg.MODEL.HIERVL.LOSS
+        return {
+            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
+            "matcher": HungarianMatcher(
+                cost_class=loss.CLASS_WEIGHT,
+                cost_mask=loss.MASK_WEIGHT,
+                cost_dice=loss.DICE_WEIGHT,
+                num_points=loss.TRAIN_NUM_POINTS,
+            ),
+            "class_weight": loss.CLASS_WEIGHT,
+            "mask_weight": loss.MASK_WEIGHT,
+            "dice_weight": loss.DICE_WEIGHT,
+            "align_weight": loss.ALIGN_WEIGHT,
+            "no_object_weight": loss.NO_OBJECT_WEIGHT,
+            "num_points": loss.TRAIN_NUM_POINTS,
+            "oversample_ratio": loss.OVERSAMPLE_RATIO,
+            "importance_sample_ratio": loss.IMPORTANCE_SAMPLE_RATIO,
+            "deep_supervision": cfg.MODEL.HIERVL.DECODER.DEEP_SUPERVISION,
+        }
+
+    def forward(
+        self,
+        outputs: Dict,
+        targets: List[Dict[str, torch.Tensor]],
+        *,
+        row_classes: torch.Tensor,
+        row_keep: torch.Tensor,
+        text_embeds: Optional[torch.Tensor] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: decoder outputs ``{"pred_logits": [B,K,C+1], "pred_masks": [B,K,h,w],
+                "pred_embeds": [B,K,Dt], "aux_outputs": [same keys, ...]}``.
+            targets: per image, the output of :func:`semantic_targets` on the padded label map
+                (``H, W`` the padded input size).
+            row_classes: ``[K]`` long, the class of each class row, ``-1`` for instance rows.
+            row_keep: ``[B, K]`` bool, rows taking part in attention (masked class rows are
+                supervised as "no object").
+            text_embeds: ``[C, Dt]`` class text embeddings (required when the alignment weight
+                is non-zero).
+
+        Returns:
+            weighted losses ``loss_ce``, ``loss_mask``, ``loss_dice``, ``loss_align`` of the last
+            layer, and the same names with suffix ``_<i>`` for auxiliary layer ``i``.
+        """
+        if self.align_weight != 0.0 and text_embeds is None:
+            raise ValueError("text_embeds are required when the alignment loss is enabled")
+        num_masks = self._count_masks(outputs, targets, row_classes, row_keep)
+        losses = self._layer_losses(outputs, targets, row_classes, row_keep, text_embeds, num_masks)
+        if self.deep_supervision:
+            for i, aux in enumerate(outputs.get("aux_outputs", [])):
+                aux_losses = self._layer_losses(
+                    aux, targets, row_classes, row_keep, text_embeds, num_masks
+                )
+                losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
+        return losses
+
+    def _count_masks(self, outputs, targets, row_classes, row_keep) -> float:
+        """Number of supervised (row, segment) pairs in the batch, averaged over workers."""
+        num_instance_rows = int((row_classes < 0).sum())
+        count = 0
+        for b, target in enumerate(targets):
+            labels = target["labels"]
+            tied = row_classes[(row_classes >= 0) & row_keep[b]]
+            count += int(torch.isin(tied, labels).sum()) + min(num_instance_rows, labels.numel())
+        return _reduced_count(count, outputs["pred_logits"].device)
+
+    def assign(
+        self,
+        outputs: Dict,
+        targets: List[Dict[str, torch.Tensor]],
+        row_classes: torch.Tensor,
+        row_keep: torch.Tensor,
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """Targets of the rows of one layer's outputs.
+
+        Returns:
+            per image ``(row_index [M], target_index [M])`` on the device of the outputs: the
+            tied class rows (kept rows whose class is present) and the matched instance rows.
+        """
+        device = outputs["pred_logits"].device
+        instance_rows = row_classes < 0
+        if bool(instance_rows.any()):
+            matched = self.matcher(
+                outputs["pred_logits"], outputs["pred_masks"], targets, instance_rows
+            )
+        else:
+            matched = None
+        assignments = []
+        for b, target in enumerate(targets):
+            labels = target["labels"]
+            # position of each class in `labels`, -1 when absent
+            lookup = torch.full((self.num_classes,), -1, dtype=torch.long, device=device)
+            lookup[labels] = torch.arange(labels.numel(), device=device)
+            safe = row_classes.clamp(min=0)
+            target_of_row = torch.where(row_classes >= 0, lookup[safe], -1)
+            tied = (target_of_row >= 0) & row_keep[b]
+            rows = [torch.nonzero(tied, as_tuple=False).flatten()]
+            cols = [target_of_row[rows[0]]]
+            if matched is not None:
+                rows.append(matched[b][0].to(device))
+                cols.append(matched[b][1].to(device))
+            assignments.append((torch.cat(rows), torch.cat(cols)))
+        return assignments
+
+    def _layer_losses(self, outputs, targets, row_classes, row_keep, text_embeds, num_masks):
+        assignments = self.assign(outputs, targets, row_classes, row_keep)
+        losses = {}
+        if self.class_weight != 0.0:
+            losses["loss_ce"] = self.class_weight * self._class_loss(outputs, targets, assignments)
+        if self.mask_weight != 0.0 or self.dice_weight != 0.0:
+            bce, dice = self._mask_losses(outputs, targets, assignments, num_masks)
+            if self.mask_weight != 0.0:
+                losses["loss_mask"] = self.mask_weight * bce
+            if self.dice_weight != 0.0:
+                losses["loss_dice"] = self.dice_weight * dice
+        if self.align_weight != 0.0:
+            losses["loss_align"] = self.align_weight * self._align_loss(
+                outputs, targets, assignments, text_embeds
+            )
+        return losses
+
+    def _class_loss(self, outputs, targets, assignments) -> torch.Tensor:
+        """Cross-entropy over all rows; unassigned rows target "no object". Images without a
+        single valid pixel carry no information on presence and are left out."""
+        logits = outputs["pred_logits"].float()
+        batch, num_rows, _ = logits.shape
+        target_classes = torch.full(
+            (batch, num_rows), self.num_classes, dtype=torch.long, device=logits.device
+        )
+        image_valid = torch.ones(batch, dtype=torch.bool, device=logits.device)
+        for b, ((rows, cols), target) in enumerate(zip(assignments, targets)):
+            target_classes[b, rows] = target["labels"][cols]
+            image_valid[b] = bool((target["weight"] > 0).any())
+        if not bool(image_valid.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(
+            logits[image_valid].transpose(1, 2),
+            target_classes[image_valid],
+            weight=self.empty_weight.to(logits.dtype),
+        )
+
+    def _mask_losses(self, outputs, targets, assignments, num_masks):
+        """Point-sampled weighted BCE and dice over the assigned (row, segment) pairs."""
+        pred_masks = outputs["pred_masks"]
+        batch_ids = torch.cat([torch.full_like(rows, b) for b, (rows, _) in enumerate(assignments)])
+        row_ids = torch.cat([rows for rows, _ in assignments])
+        if row_ids.numel() == 0:
+            zero = pred_masks.sum() * 0.0
+            return zero, zero
+        src = pred_masks[batch_ids, row_ids].float()[:, None]
+        tgt = torch.cat([t["masks"][cols] for t, (_, cols) in zip(targets, assignments)])[:, None]
+        weight = torch.cat(
+            [
+                t["weight"][None].expand(cols.numel(), -1, -1)
+                for t, (_, cols) in zip(targets, assignments)
+            ]
+        )[:, None]
+        with torch.no_grad():
+            coords = uncertain_point_coords(
+                src,
+                logit_uncertainty,
+                self.num_points,
+                self.oversample_ratio,
+                self.importance_sample_ratio,
+            )
+            tgt_points = point_sample(tgt.float(), coords)[:, 0]
+            weight_points = point_sample(weight.float(), coords)[:, 0]
+        src_points = point_sample(src, coords)[:, 0]
+        bce = F.binary_cross_entropy_with_logits(src_points, tgt_points, reduction="none")
+        bce = (bce * weight_points).mean(1).sum() / num_masks
+        probs = src_points.sigmoid() * weight_points
+        numerator = 2.0 * (probs * tgt_points).sum(-1)
+        denominator = probs.sum(-1) + (tgt_points * weight_points).sum(-1)
+        dice = (1.0 - (numerator + 1.0) / (denominator + 1.0)).sum() / num_masks
+        return bce, dice
+
+    def _align_loss(self, outputs, targets, assignments, text_embeds) -> torch.Tensor:
+        """Eq. 2: ``||phi(z_k) - t_{y_k}||^2`` between normalised vectors, mean over assigned
+        rows."""
+        embeds = outputs["pred_embeds"]
+        picked, labels = [], []
+        for b, ((rows, cols), target) in enumerate(zip(assignments, targets)):
+            picked.append(embeds[b, rows])
+            labels.append(target["labels"][cols])
+        picked = torch.cat(picked)
+        if picked.shape[0] == 0:
+            return embeds.sum() * 0.0
+        text = F.normalize(text_embeds.float(), dim=-1)[torch.cat(labels)]
+        picked = F.normalize(picked.float(), dim=-1)
+        return (picked - text).pow(2).sum(-1).mean()
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, class_weight={self.class_weight}, "
+            f"mask_weight={self.mask_weight}, dice_weight={self.dice_weight}, "
+            f"align_weight={self.align_weight}, num_points={self.num_points}"
+        )

@@ -1,0 +1,221 @@
+"""The HierVL META_ARCH end to end on the tiny CLIP: training step, inference paths, ablations."""
+
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
+
+import hiervl.hiervl_model  # noqa: F401  (registers the META_ARCH)
+from hiervl import add_hiervl_config
+from hiervl.hiervl_model import HierVL
+from hiervl.utils.testing import tiny_config
+
+REPO = Path(__file__).resolve().parents[1]
+ABLATIONS = sorted((REPO / "configs" / "voc" / "ablations").glob("*.yaml"))
+
+
+def _labels(height, width, seed, num_classes=8):
+    """Blocky label map: 16x16 blocks of a few classes (every block covers whole ViT tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = torch.randint(0, num_classes, ((height + 15) // 16, (width + 15) // 16), generator=g)
+    return blocks.repeat_interleave(16, 0).repeat_interleave(16, 1)[:height, :width].long()
+
+
+def _inputs(height=64, width=64, labeled=(True, False)):
+    out = []
+    for i, lab in enumerate(labeled):
+        g = torch.Generator().manual_seed(100 + i)
+        out.append(
+            {
+                "image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g),
+                "sem_seg": _labels(height, width, i),
+                "labeled": lab,
+            }
+        )
+    return out
+
+
+def _model(cfg=None, **overrides):
+    torch.manual_seed(0)
+    cfg = cfg if cfg is not None else tiny_config(**overrides)
+    return build_model(cfg)
+
+
+def _train_step(model, inputs):
+    model.train()
+    model.zero_grad(set_to_none=True)
+    losses = model(inputs)
+    total = sum(losses.values())
+    assert torch.isfinite(total), losses
+    total.backward()
+    return losses
+
+
+def _missing_grads(model):
+    return [
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())
+    ]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def test_training_step_gives_every_trainable_parameter_a_gradient(model):
+    assert isinstance(model, HierVL)
+    losses, outputs = model.train()(_inputs(), return_outputs=True)
+    assert "aux_outputs" in outputs and outputs["pred_logits"].shape[0] == 2
+    losses = _train_step(model, _inputs())
+    expected = {
+        "loss_ce",
+        "loss_mask",
+        "loss_dice",
+        "loss_align",
+        "loss_relevance",
+        "loss_topo",
+        "loss_anchor",
+        "loss_masked_consistency",
+        "loss_pixel_text",
+        "loss_entropy",
+    }
+    assert expected <= set(losses)
+    assert {f"loss_ce_{i}" for i in range(2)} <= set(losses)  # input rows + 1 earlier layer
+    assert losses["loss_masked_consistency"] > 0 and losses["loss_pixel_text"] > 0
+    assert not _missing_grads(model)
+    # the text tower and the frozen copy of the image encoder stay frozen; only prompts learn
+    text_trainable = [n for n, p in model.text_encoder.named_parameters() if p.requires_grad]
+    assert text_trainable == ["prompts"]
+    assert all(p.grad is None for n, p in model.text_encoder.named_parameters() if n != "prompts")
+    frozen = model.image_encoder.frozen_visual
+    assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
+
+
+def test_eval_on_odd_sizes_returns_input_size(model):
+    model.eval()
+    image = torch.randint(0, 256, (3, 200, 249), dtype=torch.uint8)
+    out = model([{"image": image}, {"image": image[:, :70, :45], "height": 140, "width": 90}])
+    assert out[0]["sem_seg"].shape == (8, 200, 249)
+    assert out[1]["sem_seg"].shape == (8, 140, 90)
+    assert out[0]["relevance"].shape == (8,)
+    assert all(torch.isfinite(o["sem_seg"]).all() for o in out)
+
+
+def test_sliding_window_whole_image_and_tta():
+    cfg = tiny_config()
+    model = _model(cfg).eval()
+    image = torch.randint(0, 256, (3, 100, 130), dtype=torch.uint8)
+    # 64-px windows with stride 48 cover a 100 x 130 image with 2 x 3 windows
+    assert model._windows(100, 130) == [(0, 0), (0, 48), (0, 66), (36, 0), (36, 48), (36, 66)]
+    sliding = model([{"image": image}])[0]["sem_seg"]
+    model.sliding_window = False
+    whole = model([{"image": image}])[0]["sem_seg"]
+    assert sliding.shape == whole.shape == (8, 100, 130)
+    assert not torch.allclose(sliding, whole)
+    # a window larger than the image runs it whole
+    model.sliding_window, model.crop_size = True, (256, 256)
+    torch.testing.assert_close(model([{"image": image}])[0]["sem_seg"], whole)
+    # TTA: flip + two scales, averaged at the input size
+    model.flip, model.scales = True, [0.75, 1.0]
+    tta = model([{"image": image}])[0]["sem_seg"]
+    assert tta.shape == (8, 100, 130) and torch.isfinite(tta).all()
+    model.scales = [1.0]
+    flip_only = model([{"image": image}])[0]["sem_seg"]
+    mirrored = model([{"image": image.flip(-1)}])[0]["sem_seg"]
+    torch.testing.assert_close(flip_only, mirrored.flip(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_semantic_probs_is_a_distribution(model):
+    model.eval()
+    images = torch.randn(2, 3, 48, 80)
+    probs = model.semantic_probs(images)
+    assert probs.shape == (2, 8, 48, 80) and not probs.requires_grad
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 48, 80), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_give_finite_losses(model):
+    inputs = _inputs(labeled=(True, True))
+    inputs[0]["sem_seg"] = torch.full((64, 64), 255, dtype=torch.long)  # no labelled pixel
+    inputs[1]["sem_seg"] = torch.zeros(64, 64, dtype=torch.long)  # one class, 7 absent
+    _train_step(model, inputs)
+    inputs = _inputs(labeled=(False, False))
+    for x in inputs:
+        x["sem_seg"] = torch.full((64, 64), 255, dtype=torch.long)  # all-ignore pseudo-labels
+    losses = _train_step(model, inputs)
+    assert losses["loss_masked_consistency"] == 0
+    inputs = _inputs(height=48, width=80)
+    inputs[0]["sem_seg_weight"] = torch.zeros(48, 80)  # confidence weights all zero
+    inputs[1]["sem_seg_weight"] = torch.rand(48, 80)
+    del inputs[1]["labeled"]
+    _train_step(model, inputs)
+
+
+def _ablation_cfg(path):
+    """Tiny config with the keys an ablation yaml sets (its _BASE_ is the full VOC config)."""
+    data = yaml.safe_load(path.read_text())
+    data.pop("_BASE_")
+    data.pop("OUTPUT_DIR", None)
+    if "DECODER" in data["MODEL"]["HIERVL"] and data["MODEL"]["HIERVL"]["DECODER"].get(
+        "NUM_INSTANCE_QUERIES"
+    ):
+        data["MODEL"]["HIERVL"]["DECODER"]["NUM_INSTANCE_QUERIES"] = 4
+    cfg = tiny_config()
+    cfg.merge_from_other_cfg(CfgNode(data))
+    return cfg
+
+
+@pytest.mark.parametrize("path", ABLATIONS, ids=[p.stem for p in ABLATIONS])
+def test_ablation_rows_build_and_train(path):
+    assert path.read_text().startswith("# HierVL Tab. 3")
+    assert yaml.safe_load(path.read_text())["_BASE_"] == "../hiervl_92.yaml"
+    cfg = _ablation_cfg(path)
+    model = _model(cfg)
+    losses = _train_step(model, _inputs())
+    assert not _missing_grads(model), path.stem
+    hv = cfg.MODEL.HIERVL
+    assert (model.hsqg is None) == (
+        not hv.DECODER.CLASS_QUERIES_ENABLED and not hv.PIXEL_DECODER.CMSAM_ENABLED
+    )
+    assert ("loss_align" in losses) == (hv.LOSS.ALIGN_WEIGHT > 0)
+    assert ("loss_topo" in losses) == (hv.LOSS.TOPO_WEIGHT > 0)
+    assert ("loss_relevance" in losses) == (
+        hv.LOSS.RELEVANCE_WEIGHT > 0 and hv.HSQG.RELEVANCE_ENABLED
+    )
+    model.eval()
+    assert model([{"image": torch.zeros(3, 40, 50, dtype=torch.uint8)}])[0]["sem_seg"].shape == (
+        8,
+        40,
+        50,
+    )
+
+
+def test_full_size_vit_b16_forward_512():
+    """The paper's configuration (ViT-B/16 at 512 px, decoder defaults), random init, CPU."""
+    cfg = tiny_config(
+        MODEL__HIERVL__CLIP__MODEL_NAME="ViT-B-16",
+        MODEL__HIERVL__CLIP__IMAGE_SIZE=512,
+        MODEL__HIERVL__CLIP__FEATURE_LAYERS=[3, 5, 7, 11],
+        MODEL__HIERVL__CLIP__PROMPT_LENGTH=8,
+    )
+    defaults = get_cfg()
+    add_hiervl_config(defaults)
+    cfg.MODEL.HIERVL.PIXEL_DECODER = defaults.MODEL.HIERVL.PIXEL_DECODER.clone()
+    cfg.MODEL.HIERVL.PIXEL_DECODER.MSDA_IMPL = "reference"
+    cfg.MODEL.HIERVL.DECODER = defaults.MODEL.HIERVL.DECODER.clone()
+    cfg.MODEL.HIERVL.HSQG = defaults.MODEL.HIERVL.HSQG.clone()
+    cfg.MODEL.HIERVL.TEST.CROP_SIZE = [512, 512]
+    cfg.MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT = 0.0  # no frozen copy for a forward
+    start = time.perf_counter()
+    model = _model(cfg).eval()
+    assert model.decoder.num_rows == 8 * 3 + 100 and len(model.decoder.layers) == 9
+    built = time.perf_counter()
+    out = model([{"image": torch.randint(0, 256, (3, 512, 512), dtype=torch.uint8)}])
+    elapsed = time.perf_counter() - built
+    assert out[0]["sem_seg"].shape == (8, 512, 512) and torch.isfinite(out[0]["sem_seg"]).all()
+    print(f"ViT-B-16 512x512: build {built - start:.1f} s, forward {elapsed:.1f} s")
