@@ -1,0 +1,192 @@
+"""HierVL demo: semantic segmentation overlays for images, a folder, a glob or a split.
+
+Examples::
+
+    python demo/demo.py --config-file configs/demo/hiervl_demo.yaml \\
+        --input photos/*.jpg --output out/ --opts MODEL.WEIGHTS output/model_final.pth
+    python demo/demo.py --config-file ... --dataset hiervl_demo_val --limit 8 --show-gt \\
+        --output out/ --opts MODEL.WEIGHTS output/model_final.pth
+
+One PNG per input is written to ``--output`` (``<input stem>.png``), of the input's size; with
+``--show-gt`` it is ``[prediction | ground truth]``, twice the input's width, the ground truth
+taken from ``--dataset`` (the right panel is the plain image for inputs not in that split).
+The weights are the EMA teacher's when the checkpoint holds a teacher (unless
+``MODEL.HIERVL.TEST.USE_TEACHER False``). Unreadable inputs are reported by name and skipped;
+the exit status is then 1.
+"""
+
+import argparse
+import glob
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+import numpy as np
+from detectron2.config import CfgNode, get_cfg
+from detectron2.data import DatasetCatalog
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.logger import setup_logger
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from predictor import VisualizationDemo  # noqa: E402
+
+import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
+import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
+from hiervl.config import add_hiervl_config  # noqa: E402
+from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask  # noqa: E402
+from hiervl.evaluation.visualization import find_dataset_record, metadata_of  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+logger = logging.getLogger("hiervl.demo")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="HierVL semantic segmentation demo")
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        default=[],
+        help="image files, folders (their images, sorted) or glob patterns; "
+        "default: the images of --dataset",
+    )
+    parser.add_argument("--output", required=True, help="folder for the PNG overlays")
+    parser.add_argument(
+        "--dataset",
+        default="",
+        help="registered split for metadata, --show-gt and input-less runs "
+        "(default: DATASETS.TEST[0], else DATASETS.TRAIN[0])",
+    )
+    parser.add_argument(
+        "--show-gt",
+        action="store_true",
+        help="draw [prediction | ground truth] side by side (2x wide), ground truth from --dataset",
+    )
+    parser.add_argument(
+        "--confidence",
+        type=float,
+        default=0.0,
+        help="leave pixels whose normalised top class score is below this undrawn (0..1)",
+    )
+    parser.add_argument("--alpha", type=float, default=0.6, help="overlay opacity")
+    parser.add_argument("--limit", type=int, default=0, help="at most this many inputs (0 = all)")
+    parser.add_argument(
+        "--opts",
+        default=[],
+        nargs=argparse.REMAINDER,
+        help="config overrides as KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth",
+    )
+    return parser
+
+
+def setup_cfg(args: argparse.Namespace) -> CfgNode:
+    cfg = get_cfg()
+    add_hiervl_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(patterns: Sequence[str]) -> List[str]:
+    """Files, folders and glob patterns → a list of paths (missing files kept, to be reported)."""
+    paths: List[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, name)
+                for name in os.listdir(pattern)
+                if name.lower().endswith(IMAGE_EXTENSIONS)
+            )
+            if not found:
+                logger.warning("No images in folder %s", pattern)
+            paths.extend(found)
+        elif glob.has_magic(pattern):
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not found:
+                logger.warning("No file matches %s", pattern)
+            paths.extend(found)
+        else:
+            paths.append(pattern)
+    return paths
+
+
+def output_names(paths: Sequence[str]) -> List[str]:
+    """``<stem>.png`` per input, ``<stem>_<k>.png`` when stems repeat."""
+    names, seen = [], {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        count = seen.get(stem, 0)
+        seen[stem] = count + 1
+        names.append(f"{stem}.png" if count == 0 else f"{stem}_{count}.png")
+    return names
+
+
+def default_dataset(cfg: CfgNode) -> str:
+    if cfg.DATASETS.TEST:
+        return cfg.DATASETS.TEST[0]
+    if cfg.DATASETS.TRAIN:
+        return cfg.DATASETS.TRAIN[0]
+    raise ValueError("Pass --dataset: the config names no DATASETS.TEST or DATASETS.TRAIN")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = get_parser().parse_args(argv)
+    cfg = setup_cfg(args)
+    dataset = args.dataset or default_dataset(cfg)
+    metadata = metadata_of(dataset)
+
+    if args.input:
+        paths = expand_inputs(args.input)
+    else:
+        paths = [record["file_name"] for record in DatasetCatalog.get(dataset)]
+    if args.limit > 0:
+        paths = paths[: args.limit]
+    if not paths:
+        logger.error("No inputs.")
+        return 1
+    if args.show_gt and not getattr(metadata, "labeled", True):
+        logger.warning("%s is unlabelled: --show-gt draws the plain image on the right", dataset)
+
+    demo = VisualizationDemo(
+        cfg,
+        metadata=metadata,
+        confidence_threshold=args.confidence,
+        alpha=args.alpha,
+        show_gt=args.show_gt,
+    )
+    logger.info("Running on %d input(s) with the %s weights", len(paths), demo.predictor.loaded)
+    os.makedirs(args.output, exist_ok=True)
+    failures = []
+    for path, name in tqdm(list(zip(paths, output_names(paths))), desc="demo", unit="img"):
+        try:
+            image = read_image(path, format="RGB")
+        except (OSError, ValueError) as e:
+            logger.error("Cannot read image %s: %s", path, e)
+            failures.append(path)
+            continue
+        gt = None
+        if args.show_gt:
+            record = find_dataset_record(path, dataset)
+            if record is not None and "sem_seg_file_name" in record:
+                gt = load_semseg_mask(record["sem_seg_file_name"])
+            else:
+                logger.warning("%s is not a labelled image of %s: no ground truth", path, dataset)
+        _, picture = demo.run_on_image(np.asarray(image), gt)
+        Image.fromarray(picture).save(os.path.join(args.output, name))
+    written = len(paths) - len(failures)
+    logger.info("Wrote %d picture(s) to %s", written, args.output)
+    if failures:
+        logger.error("%d input(s) could not be read: %s", len(failures), ", ".join(failures))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    setup_logger(name="hiervl")
+    setup_logger(name="fvcore")
+    sys.exit(main())
