@@ -174,6 +174,8 @@ def add_hiervl_config(cfg: CN) -> None:
     semi.BLUR_PROB = 0.5
     # Iterations of supervised-only warm-up before unlabelled losses switch on.
     semi.UNSUP_START_ITER = 0
+    # Dataset mapper of the unlabelled loader (registry name; weak + strong views).
+    semi.DATASET_MAPPER_NAME = "semantic_unlabeled"
 
     # ---- Data ---------------------------------------------------------------------------
     # Dataset mapper of the labelled loader (registry name).
@@ -202,6 +204,8 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.SOLVER.HEAD_MULTIPLIER = 10.0
     # No weight decay on embeddings (prompt tokens, queries, position embeddings).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    # Learning-rate schedule: "WarmupPolyLR" (poly decay after linear warm-up) or detectron2's.
+    cfg.SOLVER.LR_SCHEDULER_NAME = "WarmupPolyLR"
     # Poly schedule power.
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # bf16 or fp16 autocast when SOLVER.AMP.ENABLED.

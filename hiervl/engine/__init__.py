@@ -1,0 +1,44 @@
+"""Semi-supervised training: trainer, EMA teacher, pseudo-labels, CutMix, optimiser, checkpoints."""
+
+from .checkpoint import AtomicCheckpointer, RNGStateHook
+from .data import ResumableLoader, StreamDataset, StreamSampler, build_resumable_loader
+from .ema import build_teacher, ema_momentum, ema_update
+from .optim import (
+    build_hiervl_lr_scheduler,
+    build_hiervl_optimizer,
+    build_param_groups,
+    build_poly_lr_scheduler,
+    clip_gradients,
+)
+from .semi import (
+    finalize_pseudo_labels,
+    mix_with_partner,
+    pseudo_labels_from_probs,
+    sample_cutmix_masks,
+)
+from .trainer import HierVLTrainer, SemiSupervisedObjective, SemiSupervisedStep, stack_views
+
+__all__ = [
+    "AtomicCheckpointer",
+    "HierVLTrainer",
+    "RNGStateHook",
+    "ResumableLoader",
+    "SemiSupervisedObjective",
+    "SemiSupervisedStep",
+    "StreamDataset",
+    "StreamSampler",
+    "build_hiervl_lr_scheduler",
+    "build_hiervl_optimizer",
+    "build_param_groups",
+    "build_poly_lr_scheduler",
+    "build_resumable_loader",
+    "build_teacher",
+    "clip_gradients",
+    "ema_momentum",
+    "ema_update",
+    "finalize_pseudo_labels",
+    "mix_with_partner",
+    "pseudo_labels_from_probs",
+    "sample_cutmix_masks",
+    "stack_views",
+]

@@ -1,0 +1,190 @@
+"""Optimiser parameter groups and the poly learning-rate schedule (METHOD §8)."""
+
+import logging
+import re
+from typing import Dict, List, Sequence
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
+from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
+from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
+from torch import nn
+
+__all__ = [
+    "NORM_TYPES",
+    "EMBED_NAME_PATTERN",
+    "build_param_groups",
+    "build_hiervl_optimizer",
+    "build_poly_lr_scheduler",
+    "build_hiervl_lr_scheduler",
+    "clip_gradients",
+]
+
+logger = logging.getLogger(__name__)
+
+NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
+# Names of free-standing parameters (not the weight of a Linear / conv layer, so a classifier
+# called ``class_embed`` still decays) treated as embeddings under SOLVER.WEIGHT_DECAY_EMBED:
+# prompt tokens, query / level / position / class embeddings.
+EMBED_NAME_PATTERN = re.compile(
+    r"(embed|embedding|prompt|token|query_feat|queries|query_pos|pos_emb|level_emb)", re.I
+)
+
+_WEIGHT_LAYERS = (nn.Linear, nn.modules.conv._ConvNd)
+
+
+def _matches(name: str, prefixes: Sequence[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def build_param_groups(
+    model: nn.Module,
+    *,
+    base_lr: float,
+    weight_decay: float,
+    backbone_prefixes: Sequence[str],
+    backbone_multiplier: float,
+    head_prefixes: Sequence[str],
+    head_multiplier: float,
+    weight_decay_norm: float,
+    weight_decay_bias: float,
+    weight_decay_embed: float,
+) -> List[Dict]:
+    """Parameter groups of AdamW: one group per trainable parameter.
+
+    Learning rate: parameters under ``backbone_prefixes`` (module names, e.g. the CLIP image
+    encoder) get ``base_lr · backbone_multiplier``; under ``head_prefixes`` (pixel decoder,
+    query generator, transformer decoder) ``base_lr · head_multiplier``; the rest (prompt
+    tokens, relevance scalars, projections) ``base_lr``. Weight decay: ``weight_decay_norm``
+    for parameters of normalisation layers, ``weight_decay_embed`` for ``nn.Embedding`` and
+    free-standing parameters (not of a Linear / conv) named like :data:`EMBED_NAME_PATTERN`,
+    ``weight_decay_bias`` for biases, ``weight_decay`` otherwise. Frozen parameters
+    (``requires_grad=False``) are left out, and a parameter shared by modules appears once.
+
+    Returns:
+        list of ``{"params": [p], "lr", "weight_decay", "name"}``.
+    """
+    groups: List[Dict] = []
+    seen = set()
+    for module_name, module in model.named_modules():
+        for param_name, param in module.named_parameters(recurse=False):
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            full = f"{module_name}.{param_name}" if module_name else param_name
+            lr = base_lr
+            if _matches(full, backbone_prefixes):
+                lr = base_lr * backbone_multiplier
+            elif _matches(full, head_prefixes):
+                lr = base_lr * head_multiplier
+            if isinstance(module, NORM_TYPES):
+                wd = weight_decay_norm
+            elif isinstance(module, nn.Embedding) or (
+                not isinstance(module, _WEIGHT_LAYERS) and EMBED_NAME_PATTERN.search(param_name)
+            ):
+                wd = weight_decay_embed
+            elif param_name == "bias" or param_name.endswith("_bias"):
+                wd = weight_decay_bias
+            else:
+                wd = weight_decay
+            groups.append({"params": [param], "lr": lr, "weight_decay": wd, "name": full})
+    return groups
+
+
+def build_hiervl_optimizer(
+    cfg: CfgNode,
+    model: nn.Module,
+    *,
+    backbone_prefixes: Sequence[str],
+    head_prefixes: Sequence[str],
+) -> torch.optim.Optimizer:
+    """AdamW (``SOLVER.OPTIMIZER`` "ADAMW") or SGD over :func:`build_param_groups`."""
+    weight_decay_bias = cfg.SOLVER.WEIGHT_DECAY_BIAS
+    groups = build_param_groups(
+        model,
+        base_lr=cfg.SOLVER.BASE_LR,
+        weight_decay=cfg.SOLVER.WEIGHT_DECAY,
+        backbone_prefixes=backbone_prefixes,
+        backbone_multiplier=cfg.MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER,
+        head_prefixes=head_prefixes,
+        head_multiplier=cfg.SOLVER.HEAD_MULTIPLIER,
+        weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
+        weight_decay_bias=(
+            cfg.SOLVER.WEIGHT_DECAY if weight_decay_bias is None else weight_decay_bias
+        ),
+        weight_decay_embed=cfg.SOLVER.WEIGHT_DECAY_EMBED,
+    )
+    if not groups:
+        raise ValueError("The model has no trainable parameters")
+    name = cfg.SOLVER.OPTIMIZER.upper()
+    if name == "ADAMW":
+        return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
+    if name == "SGD":
+        return torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+    raise ValueError(f"Unknown SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r}: use ADAMW or SGD")
+
+
+def build_poly_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    max_iter: int,
+    power: float,
+    warmup_iters: int,
+    warmup_factor: float,
+    warmup_method: str = "linear",
+) -> LRMultiplier:
+    """Poly decay ``(1 - t / max_iter) ** power`` after a warm-up of ``warmup_iters`` steps.
+
+    The warm-up ramps the multiplier from ``warmup_factor`` to the poly value (detectron2's
+    ``WarmupParamScheduler``); every group keeps its own base lr (multipliers included).
+    """
+    poly = PolynomialDecayParamScheduler(1.0, power)
+    sched = WarmupParamScheduler(
+        poly, warmup_factor, min(warmup_iters / max(max_iter, 1), 1.0), warmup_method
+    )
+    return LRMultiplier(optimizer, multiplier=sched, max_iter=max_iter)
+
+
+def build_hiervl_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
+    """``SOLVER.LR_SCHEDULER_NAME`` "WarmupPolyLR" → poly; any other name → detectron2's."""
+    if cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupPolyLR":
+        return build_poly_lr_scheduler(
+            optimizer,
+            max_iter=cfg.SOLVER.MAX_ITER,
+            power=cfg.SOLVER.POLY_LR_POWER,
+            warmup_iters=cfg.SOLVER.WARMUP_ITERS,
+            warmup_factor=cfg.SOLVER.WARMUP_FACTOR,
+            warmup_method=cfg.SOLVER.WARMUP_METHOD,
+        )
+    return d2_build_lr_scheduler(cfg, optimizer)
+
+
+def clip_gradients(
+    params: Sequence[torch.nn.Parameter], *, clip_type: str, clip_value: float, norm_type: float
+) -> None:
+    """Clip gradients in place (``SOLVER.CLIP_GRADIENTS``).
+
+    Args:
+        params: trainable parameters.
+        clip_type: "full_model" (one norm over all gradients), "norm" (per parameter) or
+            "value" (elementwise).
+        clip_value: maximum norm / absolute value.
+        norm_type: p of the norm.
+    """
+    params = [p for p in params if p.grad is not None]
+    if clip_type == "full_model":
+        torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type)
+    elif clip_type == "norm":
+        for p in params:
+            torch.nn.utils.clip_grad_norm_([p], clip_value, norm_type)
+    elif clip_type == "value":
+        torch.nn.utils.clip_grad_value_(params, clip_value)
+    else:
+        raise ValueError(f"Unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip_type!r}")

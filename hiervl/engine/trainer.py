@@ -1,0 +1,567 @@
+"""The semi-supervised trainer (METHOD §8): two loaders, EMA teacher, pseudo-labels, CutMix.
+
+One step:
+    1. draw the rank's share of a labelled batch (``SOLVER.IMS_PER_BATCH`` global) and, when the
+       unlabelled losses are on, of an unlabelled batch (``SEMI.IMS_PER_BATCH_UNLABELED``);
+    2. the teacher predicts the weak views (``semantic_probs``, no grad): argmax labels and
+       confidences; padded pixels are ignored;
+    3. CutMix (``SEMI.CUTMIX_PROB``): each strong view takes a box from its partner in the batch
+       (the next image), and labels, confidences and padding masks are mixed the same way;
+    4. targets: ``threshold`` mode — confidence below ``SEMI.CONF_THRESHOLD`` is ignored;
+       ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``);
+    5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × its
+       loss on the mixed strong views (``labeled=False``), one forward of
+       :class:`SemiSupervisedObjective` so that DDP sees one forward per backward;
+    6. a non-finite loss term stops training with its name; backward (with a GradScaler for
+       fp16 autocast), gradient clipping, optimiser step;
+    7. EMA update of the teacher (weights and buffers) from the unwrapped student.
+"""
+
+import logging
+import os
+import time
+import weakref
+from collections import OrderedDict
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+from detectron2.config import CfgNode
+from detectron2.data import build_detection_test_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import setup_logger
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from hiervl.data.dataset_mappers import build_dataset_mapper
+from hiervl.evaluation import build_semseg_evaluator
+
+from .checkpoint import AtomicCheckpointer, ModuleState, RNGStateHook
+from .data import ResumableLoader, build_resumable_loader
+from .ema import build_teacher, ema_momentum, ema_update
+from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer, clip_gradients
+from .semi import (
+    finalize_pseudo_labels,
+    mix_with_partner,
+    pseudo_labels_from_probs,
+    sample_cutmix_masks,
+)
+
+__all__ = [
+    "BACKBONE_MODULES",
+    "HEAD_MODULES",
+    "SemiSupervisedObjective",
+    "SemiSupervisedStep",
+    "HierVLTrainer",
+    "stack_views",
+    "wrap_ddp",
+]
+
+logger = logging.getLogger(__name__)
+
+# Attributes of the HierVL META_ARCH whose parameters get BACKBONE_MULTIPLIER (CLIP image encoder)
+BACKBONE_MODULES = ("image_encoder",)
+# and HEAD_MULTIPLIER: the pixel decoder with CMSAM, the query generator (HSQG, its relevance
+# scalars included) and the dual-query transformer decoder with its mask / class heads. The rest
+# (text encoder's learnable prompts, criterion and anchor-regulariser projections) uses BASE_LR.
+HEAD_MODULES = ("pixel_decoder", "hsqg", "decoder")
+
+AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def stack_views(
+    tensors: Sequence[torch.Tensor], pad_value: float = 0
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[..., H_i, W_i]`` tensors, padding bottom/right to the largest size.
+
+    Returns:
+        ``[B, ..., H, W]`` and ``padded`` ``[B, H, W]`` bool (True where padding was added).
+    """
+    h = max(t.shape[-2] for t in tensors)
+    w = max(t.shape[-1] for t in tensors)
+    out = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], h, w), pad_value)
+    padded = torch.ones(len(tensors), h, w, dtype=torch.bool)
+    for i, t in enumerate(tensors):
+        out[i, ..., : t.shape[-2], : t.shape[-1]] = t
+        padded[i, : t.shape[-2], : t.shape[-1]] = False
+    return out, padded
+
+
+def wrap_ddp(module: nn.Module) -> nn.Module:
+    """``DistributedDataParallel`` when several processes run (CUDA: this rank's device; CPU:
+    gloo, no device ids — detectron2's ``create_ddp_model`` always passes device ids), else the
+    module itself. Buffers are not broadcast; parameters unused by a step are allowed."""
+    if comm.get_world_size() == 1:
+        return module
+    kwargs = {"broadcast_buffers": False, "find_unused_parameters": True}
+    if next(module.parameters()).is_cuda:
+        kwargs["device_ids"] = [comm.get_local_rank()]
+    return DistributedDataParallel(module, **kwargs)
+
+
+class SemiSupervisedObjective(nn.Module):
+    """Student loss of one step: supervised + weighted unsupervised, in one ``forward``.
+
+    Wrapping the student in this module (and this module in DDP) keeps one forward per
+    backward, which DDP requires, although the student runs on two batches.
+    """
+
+    def __init__(self, model: nn.Module):
+        """
+        Args:
+            model: the student META_ARCH (training forward returns a dict of losses).
+        """
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        labeled: List[dict],
+        unlabeled: Optional[List[dict]] = None,
+        unsup_weight: float = 1.0,
+        views: Optional[Dict[str, List[dict]]] = None,
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            labeled: mapped labelled dicts (``image``, ``sem_seg``).
+            unlabeled: strong views with pseudo-labels (``labeled=False``), or None.
+            unsup_weight: factor of every unlabelled loss term.
+            views: extra views for subclasses (HVLFormer); unused here.
+
+        Returns:
+            loss dict; unlabelled terms are suffixed ``_unsup``.
+        """
+        losses = dict(self.model(labeled))
+        if unlabeled:
+            for name, value in self.model(unlabeled).items():
+                losses[f"{name}_unsup"] = value * unsup_weight
+        return losses
+
+
+class SemiSupervisedStep(SimpleTrainer):
+    """The inner trainer of :class:`HierVLTrainer`: the step described in the module docstring."""
+
+    def __init__(
+        self,
+        objective: nn.Module,
+        student: nn.Module,
+        teacher: Optional[nn.Module],
+        labeled_loader: ResumableLoader,
+        unlabeled_loader: Optional[ResumableLoader],
+        optimizer: torch.optim.Optimizer,
+        *,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        ema_momentum: float,
+        pseudo_label_mode: str,
+        conf_threshold: float,
+        unsup_weight: float,
+        unsup_start_iter: int,
+        cutmix_prob: float,
+        amp_dtype: Optional[torch.dtype],
+        clip_gradients: Optional[Dict],
+    ):
+        """
+        Args:
+            objective: :class:`SemiSupervisedObjective` (possibly DDP-wrapped).
+            student: the unwrapped student (EMA source).
+            teacher: the EMA teacher, or None for supervised-only training.
+            labeled_loader, unlabeled_loader: the two streams (unlabelled None when off).
+            optimizer: the student's optimiser.
+            pixel_mean, pixel_std: normalisation of the teacher's input (0-255 RGB).
+            ema_momentum: cap m of ``min(1 - 1/(t+1), m)``.
+            pseudo_label_mode: "threshold" or "weight".
+            conf_threshold: confidence threshold of the "threshold" mode.
+            unsup_weight: weight of the unlabelled loss.
+            unsup_start_iter: first iteration with unlabelled losses.
+            cutmix_prob: probability of a CutMix box per unlabelled image.
+            amp_dtype: autocast dtype, or None for full precision.
+            clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
+        """
+        super().__init__(objective, labeled_loader, optimizer)
+        self.student = student
+        self.teacher = teacher
+        self.labeled_loader = labeled_loader
+        self.unlabeled_loader = unlabeled_loader
+        device = next(student.parameters()).device
+        self.device = device
+        self.pixel_mean = torch.tensor(pixel_mean, device=device).view(-1, 1, 1)
+        self.pixel_std = torch.tensor(pixel_std, device=device).view(-1, 1, 1)
+        self.ema_momentum = ema_momentum
+        self.pseudo_label_mode = pseudo_label_mode
+        self.conf_threshold = conf_threshold
+        self.unsup_weight = unsup_weight
+        self.unsup_start_iter = unsup_start_iter
+        self.cutmix_prob = cutmix_prob
+        self.amp_dtype = amp_dtype
+        self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+        self.clip_gradients = clip_gradients
+        self._warned_small_batch = False
+
+    # ---- pieces of the step, overridable by projects -----------------------------------
+    def autocast(self):
+        return torch.autocast(
+            self.device.type,
+            dtype=self.amp_dtype or torch.float32,
+            enabled=self.amp_dtype is not None,
+        )
+
+    def semi_active(self) -> bool:
+        return (
+            self.teacher is not None
+            and self.unlabeled_loader is not None
+            and self.unsup_weight > 0
+            and self.iter >= self.unsup_start_iter
+        )
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``[B, 3, H, W]`` uint8 → float, normalised with the model's pixel mean / std."""
+        return (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
+
+    @torch.no_grad()
+    def teacher_predict(self, weak: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's labels and confidences ``[B, H, W]`` of weak views ``[B, 3, H, W]`` uint8."""
+        with self.autocast():
+            probs = self.teacher.semantic_probs(self.normalize(weak))
+        return pseudo_labels_from_probs(probs)
+
+    def prepare_unlabeled(self, batch: List[dict]) -> Dict[str, torch.Tensor]:
+        """Pseudo-labelled, CutMix'ed strong views of an unlabelled batch (steps 2-4).
+
+        Returns:
+            dict of ``[B, ...]`` tensors: ``weak`` / ``strong`` (un-mixed) and ``strong_mixed``
+            uint8 ``[B, 3, H, W]``; ``labels`` long, ``conf`` float and ``ignore`` bool
+            ``[B, H, W]`` of the weak views (un-mixed); ``cutmix`` bool ``[B, H, W]`` (True =
+            from the partner), ``partner`` ``[B]``; the mixed targets ``targets`` long and
+            ``weights`` float ``[B, H, W]`` (None in "threshold" mode).
+        """
+        weak, pad_w = stack_views([d["image"] for d in batch])
+        strong, _ = stack_views([d["image_strong"] for d in batch])
+        ignore, _ = stack_views([d["ignore_mask"] for d in batch], pad_value=True)
+        ignore = ignore | pad_w
+        labels, conf = self.teacher_predict(weak)
+        labels, conf = labels.cpu(), conf.cpu()
+        n, _, h, w = strong.shape
+        if n < 2 and self.cutmix_prob > 0 and not self._warned_small_batch:
+            logger.warning("CutMix needs >= 2 unlabelled images per process; got %d", n)
+            self._warned_small_batch = True
+        masks = sample_cutmix_masks(n, h, w, prob=self.cutmix_prob if n > 1 else 0.0)
+        partner = torch.roll(torch.arange(n), -1)
+        targets, weights = finalize_pseudo_labels(
+            mix_with_partner(labels, masks, partner),
+            mix_with_partner(conf, masks, partner),
+            mix_with_partner(ignore, masks, partner),
+            mode=self.pseudo_label_mode,
+            threshold=self.conf_threshold,
+        )
+        return {
+            "weak": weak,
+            "strong": strong,
+            "strong_mixed": mix_with_partner(strong, masks, partner),
+            "labels": labels,
+            "conf": conf,
+            "ignore": ignore,
+            "cutmix": masks,
+            "partner": partner,
+            "targets": targets,
+            "weights": weights,
+        }
+
+    @staticmethod
+    def student_inputs(
+        batch: List[dict],
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        weights: Optional[torch.Tensor],
+    ) -> List[dict]:
+        """Unlabelled training dicts (``labeled=False``) of images ``[B, 3, H, W]`` uint8 and
+        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given)."""
+        inputs = []
+        for i, d in enumerate(batch):
+            item = {"image": images[i], "sem_seg": targets[i], "labeled": False}
+            item.update({k: d[k] for k in ("height", "width", "file_name") if k in d})
+            if weights is not None:
+                item["sem_seg_weight"] = weights[i]
+            inputs.append(item)
+        return inputs
+
+    @staticmethod
+    def pseudo_label_stats(prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        valid = ~prep["ignore"]
+        conf = prep["conf"]
+        return {
+            "semi/pseudo_conf_mean": float(conf[valid].mean()) if valid.any() else 0.0,
+            "semi/pseudo_kept_ratio": float((prep["targets"] != 255).float().mean()),
+            "semi/cutmix_ratio": float(prep["cutmix"].float().mean()),
+        }
+
+    def compute_losses(
+        self, labeled: List[dict], unlabeled_batch: Optional[List[dict]]
+    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
+        """Student losses of one step (steps 2-5)."""
+        unlabeled, stats = (None, {})
+        if unlabeled_batch is not None:
+            prep = self.prepare_unlabeled(unlabeled_batch)
+            unlabeled = self.student_inputs(
+                unlabeled_batch, prep["strong_mixed"], prep["targets"], prep["weights"]
+            )
+            stats = self.pseudo_label_stats(prep)
+        with self.autocast():
+            loss_dict = self.model(labeled, unlabeled, self.unsup_weight)
+        return loss_dict, stats
+
+    def check_finite(self, loss_dict: Dict[str, torch.Tensor]) -> None:
+        """Raise ``FloatingPointError`` naming the non-finite loss terms (of any rank)."""
+        names = sorted(loss_dict)
+        flags = torch.stack(
+            [(~torch.isfinite(loss_dict[n].detach().float())).any().float() for n in names]
+        )
+        if comm.get_world_size() > 1:
+            dist.all_reduce(flags)
+        bad = [n for n, f in zip(names, flags.tolist()) if f > 0]
+        if bad:
+            values = {n: float(loss_dict[n].detach().float()) for n in bad}
+            raise FloatingPointError(
+                f"Non-finite loss at iteration {self.iter}: {', '.join(bad)} "
+                f"(this rank's values: {values})"
+            )
+
+    def run_step(self):
+        assert self.model.training, "[SemiSupervisedStep] the student was put in eval mode"
+        t0 = time.perf_counter()
+        labeled = self.labeled_loader.next()
+        unlabeled_batch = self.unlabeled_loader.next() if self.semi_active() else None
+        data_time = time.perf_counter() - t0
+
+        loss_dict, stats = self.compute_losses(labeled, unlabeled_batch)
+        self.check_finite(loss_dict)
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+        self.after_backward()
+        self._write_metrics(loss_dict, data_time)
+        if stats:
+            get_event_storage().put_scalars(**stats)
+        if self.grad_scaler is not None:
+            self.grad_scaler.unscale_(self.optimizer)
+        if self.clip_gradients is not None:
+            clip_gradients(
+                [p for g in self.optimizer.param_groups for p in g["params"]], **self.clip_gradients
+            )
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+        if self.teacher is not None:
+            ema_update(self.teacher, self.student, ema_momentum(self.iter, self.ema_momentum))
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+
+
+class HierVLTrainer(DefaultTrainer):
+    """``DefaultTrainer`` with the semi-supervised step, EMA teacher, resumable data streams,
+    optimiser groups, poly schedule and atomic checkpoints holding the teacher.
+
+    Checkpoints hold: ``model`` (student), ``teacher``, ``trainer`` (iteration, optimiser,
+    grad scaler, scheduler and RNG states through hooks), ``data_labeled`` /
+    ``data_unlabeled`` (stream seed and position). ``SEMI.ENABLED`` False: supervised only, no
+    teacher.
+    """
+
+    objective_class = SemiSupervisedObjective
+    step_class = SemiSupervisedStep
+
+    def __init__(self, cfg: CfgNode):
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        self.cfg = cfg
+        student = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, student)
+        seed = self.data_seed(cfg)
+        labeled_loader = self.build_train_loader(cfg, seed=seed)
+        semi = cfg.SEMI.ENABLED
+        unlabeled_loader = self.build_unlabeled_loader(cfg, seed=seed + 1) if semi else None
+        self.student = student
+        self.teacher = build_teacher(student) if semi else None
+        objective = wrap_ddp(self.build_objective(cfg, student))
+        self._trainer = self.build_step(
+            cfg, objective, student, self.teacher, labeled_loader, unlabeled_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        checkpointables = {"trainer": weakref.proxy(self), "data_labeled": labeled_loader}
+        if semi:
+            self._teacher_state = ModuleState(self.teacher)
+            checkpointables["teacher"] = self._teacher_state
+            checkpointables["data_unlabeled"] = unlabeled_loader
+        self.checkpointer = AtomicCheckpointer(student, cfg.OUTPUT_DIR, **checkpointables)
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.register_hooks(self.build_hooks())
+
+    # ---- builders ------------------------------------------------------------------------
+    @staticmethod
+    def data_seed(cfg: CfgNode) -> int:
+        """Seed of the data streams: ``cfg.SEED`` when >= 0, else one shared by all ranks."""
+        return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
+
+    @classmethod
+    def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
+        return build_hiervl_optimizer(
+            cfg, model, backbone_prefixes=BACKBONE_MODULES, head_prefixes=HEAD_MODULES
+        )
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
+        return build_hiervl_lr_scheduler(cfg, optimizer)
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode, seed: int = 0) -> ResumableLoader:
+        """The labelled stream: ``DATASETS.TRAIN`` through ``INPUT.DATASET_MAPPER_NAME``."""
+        return build_resumable_loader(
+            cfg.DATASETS.TRAIN,
+            build_dataset_mapper(cfg, cfg.INPUT.DATASET_MAPPER_NAME, is_train=True),
+            global_batch=cfg.SOLVER.IMS_PER_BATCH,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            seed=seed,
+        )
+
+    @classmethod
+    def build_unlabeled_loader(cls, cfg: CfgNode, seed: int = 1) -> ResumableLoader:
+        """The unlabelled stream: ``SEMI.UNLABELED_DATASETS`` through the mapper
+        ``SEMI.DATASET_MAPPER_NAME``."""
+        if not cfg.SEMI.UNLABELED_DATASETS:
+            raise ValueError("SEMI.ENABLED is True but SEMI.UNLABELED_DATASETS is empty")
+        return build_resumable_loader(
+            cfg.SEMI.UNLABELED_DATASETS,
+            build_dataset_mapper(cfg, cfg.SEMI.DATASET_MAPPER_NAME, is_train=True),
+            global_batch=cfg.SEMI.IMS_PER_BATCH_UNLABELED,
+            num_workers=cfg.DATALOADER.NUM_WORKERS,
+            seed=seed,
+        )
+
+    @classmethod
+    def build_objective(cls, cfg: CfgNode, student: nn.Module) -> nn.Module:
+        return cls.objective_class(student)
+
+    @classmethod
+    def step_kwargs(cls, cfg: CfgNode) -> Dict:
+        """Keyword arguments of :attr:`step_class` read from ``cfg``."""
+        clip = cfg.SOLVER.CLIP_GRADIENTS
+        amp_dtype = None
+        if cfg.SOLVER.AMP.ENABLED:
+            if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
+                raise ValueError(f"SOLVER.AMP.DTYPE must be one of {sorted(AMP_DTYPES)}")
+            amp_dtype = AMP_DTYPES[cfg.SOLVER.AMP.DTYPE]
+        return {
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "ema_momentum": cfg.SEMI.EMA_MOMENTUM,
+            "pseudo_label_mode": cfg.SEMI.PSEUDO_LABEL_MODE,
+            "conf_threshold": cfg.SEMI.CONF_THRESHOLD,
+            "unsup_weight": cfg.SEMI.UNSUP_WEIGHT,
+            "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
+            "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
+            "amp_dtype": amp_dtype,
+            "clip_gradients": (
+                {
+                    "clip_type": clip.CLIP_TYPE,
+                    "clip_value": clip.CLIP_VALUE,
+                    "norm_type": clip.NORM_TYPE,
+                }
+                if clip.ENABLED
+                else None
+            ),
+        }
+
+    @classmethod
+    def build_step(
+        cls, cfg, objective, student, teacher, labeled_loader, unlabeled_loader, optimizer
+    ) -> SemiSupervisedStep:
+        return cls.step_class(
+            objective,
+            student,
+            teacher,
+            labeled_loader,
+            unlabeled_loader,
+            optimizer,
+            **cls.step_kwargs(cfg),
+        )
+
+    def build_hooks(self):
+        cfg = self.cfg
+        ret = [
+            hooks.IterationTimer(),
+            hooks.LRScheduler(),
+            RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER),
+        ]
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicCheckpointer(self.checkpointer, cfg.SOLVER.CHECKPOINT_PERIOD))
+
+        def test_and_save_results():
+            self._last_eval_results = self.evaluate()
+            return self._last_eval_results
+
+        ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
+        if comm.is_main_process():
+            ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        return ret
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from ``OUTPUT_DIR``'s last checkpoint (all states), or load ``MODEL.WEIGHTS``
+        into the student; the teacher starts as a copy of the student unless resumed."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.has_checkpoint():
+            self.start_iter = self.iter + 1
+        if self.teacher is not None and not self._teacher_state.loaded:
+            self.teacher.load_state_dict(self.student.state_dict())
+
+    # ---- evaluation ------------------------------------------------------------------------
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        mapper = build_dataset_mapper(cfg, cfg.INPUT.DATASET_MAPPER_NAME, is_train=False)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: Optional[str] = None):
+        """HierVL's ``SemSegEvaluator`` with the per-class IoU table."""
+        return build_semseg_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_model(cls, cfg: CfgNode, model: nn.Module, tag: str = "") -> OrderedDict:
+        """Evaluate ``model`` on ``DATASETS.TEST``; evaluator files go to ``inference/<tag>``."""
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference", tag, name))
+            for name in cfg.DATASETS.TEST
+        ]
+        return cls.test(cfg, model, evaluators)
+
+    def evaluate(self) -> OrderedDict:
+        """Evaluate the teacher (or the student when there is none); with
+        ``MODEL.HIERVL.TEST.EVAL_STUDENT`` also the student, its metrics under ``student/``."""
+        hv_test = self.cfg.MODEL.HIERVL.TEST
+        if self.teacher is None or not hv_test.USE_TEACHER:
+            return self.test_model(self.cfg, self.student, "student")
+        results = self.test_model(self.cfg, self.teacher, "teacher")
+        if hv_test.EVAL_STUDENT:
+            student = self.test_model(self.cfg, self.student, "student")
+            results = OrderedDict(results)
+            results.update({f"student/{k}": v for k, v in student.items()})
+        return results

@@ -1,0 +1,95 @@
+"""EMA math, pseudo-labels and CutMix on hand-made tensors."""
+
+import pytest
+import torch
+from torch import nn
+
+from hiervl.engine import (
+    build_teacher,
+    ema_momentum,
+    ema_update,
+    finalize_pseudo_labels,
+    mix_with_partner,
+    pseudo_labels_from_probs,
+    sample_cutmix_masks,
+)
+
+
+class _WithBuffers(nn.Module):
+    def __init__(self, w: float, stat: float, count: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.full((2,), w))
+        self.register_buffer("stat", torch.full((2,), stat))
+        self.register_buffer("count", torch.tensor(count))
+        self.register_buffer("mask", torch.tensor([0.0, float("-inf")]))
+
+
+def test_ema_momentum_schedule():
+    assert ema_momentum(0, 0.996) == 0.0
+    assert ema_momentum(1, 0.996) == pytest.approx(0.5)
+    assert ema_momentum(9, 0.996) == pytest.approx(0.9)
+    assert ema_momentum(10_000, 0.996) == pytest.approx(0.996)
+
+
+def test_ema_update_weights_and_buffers():
+    teacher, student = _WithBuffers(1.0, 10.0, 3), _WithBuffers(3.0, 20.0, 7)
+    ema_update(teacher, student, 0.75)
+    assert torch.allclose(teacher.w, torch.full((2,), 0.75 * 1 + 0.25 * 3))
+    assert torch.allclose(teacher.stat, torch.full((2,), 0.75 * 10 + 0.25 * 20))
+    assert int(teacher.count) == 7  # integer buffers are copied
+    assert teacher.mask.tolist() == [0.0, float("-inf")]  # constant -inf entries stay, no NaN
+    ema_update(teacher, student, 0.0)  # momentum 0: the teacher becomes the student
+    assert torch.equal(teacher.w.detach(), student.w.detach())
+    assert torch.equal(teacher.stat, student.stat)
+    assert teacher.mask.tolist() == [0.0, float("-inf")]
+
+
+def test_build_teacher_is_frozen_copy():
+    student = _WithBuffers(1.0, 2.0, 0)
+    teacher = build_teacher(student)
+    assert not teacher.training and not teacher.w.requires_grad
+    assert teacher.w.data_ptr() != student.w.data_ptr()
+
+
+def test_pseudo_labels_threshold_and_weight():
+    # 2 classes, 1 x 3 pixels: confidences 0.9, 0.6, 0.97.
+    p1 = torch.tensor([[[0.9, 0.4, 0.03]]])
+    probs = torch.stack([p1, 1 - p1], dim=1)  # [1, 2, 1, 3]
+    labels, conf = pseudo_labels_from_probs(probs)
+    assert labels.tolist() == [[[0, 1, 1]]]
+    assert torch.allclose(conf, torch.tensor([[[0.9, 0.6, 0.97]]]))
+    ignore = torch.tensor([[[False, False, True]]])
+    targets, weight = finalize_pseudo_labels(labels, conf, ignore, mode="threshold", threshold=0.8)
+    assert targets.tolist() == [[[0, 255, 255]]] and weight is None
+    targets, weight = finalize_pseudo_labels(labels, conf, ignore, mode="weight", threshold=0.8)
+    assert targets.tolist() == [[[0, 1, 255]]]
+    assert torch.allclose(weight, torch.tensor([[[0.9, 0.6, 0.0]]]))
+    with pytest.raises(ValueError):
+        finalize_pseudo_labels(labels, conf, None, mode="soft", threshold=0.5)
+
+
+def test_cutmix_mixes_images_labels_and_masks_alike():
+    images = torch.stack([torch.full((3, 2, 2), 10), torch.full((3, 2, 2), 20)]).to(torch.uint8)
+    labels = torch.tensor([[[1, 1], [1, 1]], [[2, 2], [2, 2]]])
+    ignore = torch.tensor([[[False, False], [False, False]], [[True, False], [False, False]]])
+    masks = torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]])
+    partner = torch.tensor([1, 0])
+    mixed = mix_with_partner(images, masks, partner)
+    assert mixed[0, :, 0, 0].tolist() == [20, 20, 20] and mixed[0, :, 1, 1].tolist() == [10] * 3
+    assert mixed[1, :, 1, 1].tolist() == [10, 10, 10] and mixed[1, :, 0, 1].tolist() == [20] * 3
+    assert mix_with_partner(labels, masks, partner).tolist() == [[[2, 1], [1, 1]], [[2, 2], [2, 1]]]
+    # image 0 takes image 1's padded top-left pixel: it stays ignored after mixing.
+    assert mix_with_partner(ignore, masks, partner)[0, 0, 0].item() is True
+    assert mix_with_partner(ignore, masks, partner)[1, 0, 0].item() is True
+
+
+def test_sample_cutmix_masks_probability_and_box():
+    gen = torch.Generator().manual_seed(0)
+    assert not sample_cutmix_masks(4, 32, 32, prob=0.0, generator=gen).any()
+    masks = sample_cutmix_masks(8, 32, 32, prob=1.0, generator=gen)
+    for m in masks:
+        area = m.float().mean().item()
+        assert 0.0 < area <= 0.45
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        # one solid rectangle
+        assert m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()

@@ -1,0 +1,115 @@
+"""HierVLTrainer on the toy model and data: semi step, resume equality, NaN stop, eval."""
+
+import os
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+from engine_toys import toy_config
+
+from hiervl.engine import HierVLTrainer
+from hiervl.utils.checkpoint import load_inference_weights
+
+
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(HookBase):
+    def __init__(self, iteration: int):
+        self.iteration = iteration
+
+    def after_step(self):
+        if self.trainer.iter + 1 == self.iteration:
+            raise _Stop()
+
+
+def _train(cfg, resume=False, stop_at=None):
+    seed_all_rng(cfg.SEED)  # as train_net's default_setup does
+    trainer = HierVLTrainer(cfg)
+    if stop_at is not None:
+        trainer.register_hooks([_StopAt(stop_at)])
+    trainer.resume_or_load(resume=resume)
+    try:
+        trainer.train()
+    except _Stop:
+        pass
+    return trainer
+
+
+def _state(trainer):
+    return {
+        **trainer.student.state_dict(),
+        **{f"t.{k}": v for k, v in trainer.teacher.state_dict().items()},
+    }
+
+
+def test_semi_step_finite_losses(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    trainer = _train(cfg)
+    latest = trainer.storage.latest()
+    for key in ("loss_ce", "loss_ce_unsup", "semi/pseudo_kept_ratio"):
+        assert key in latest and torch.isfinite(torch.tensor(latest[key][0]))
+    assert trainer.teacher is not None
+    # momentum 0 at the first step: the teacher equals the updated student
+    for (name, t), s in zip(
+        trainer.teacher.state_dict().items(), trainer.student.state_dict().values()
+    ):
+        assert torch.allclose(t, s), name
+    assert os.path.isfile(tmp_path / "out" / "model_final.pth")
+    assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
+
+
+def test_supervised_only(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.ENABLED = False
+    trainer = _train(cfg)
+    assert trainer.teacher is None and "loss_ce_unsup" not in trainer.storage.latest()
+
+
+def test_resume_matches_uninterrupted(tmp_path):
+    n = 3
+    data = str(tmp_path / "data")
+    full = _train(toy_config(data, str(tmp_path / "full"), MAX_ITER=2 * n, CHECKPOINT_PERIOD=n))
+    cfg = toy_config(data, str(tmp_path / "killed"), MAX_ITER=2 * n, CHECKPOINT_PERIOD=n)
+    _train(cfg, stop_at=n + 1)  # killed after the checkpoint of step n, mid-way through n + 1
+    resumed = _train(cfg, resume=True)
+    assert resumed.start_iter == n
+    a, b = _state(full), _state(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+    # and the runs really trained: the weights moved away from the step-n checkpoint
+    mid = torch.load(tmp_path / "killed" / f"model_{n - 1:07d}.pth", weights_only=False)
+    assert not torch.allclose(mid["model"]["head.weight"], a["head.weight"])
+
+
+def test_nan_loss_stops_with_name(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=2)
+    trainer = HierVLTrainer(cfg)
+    with torch.no_grad():
+        trainer.student.head.bias.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss_ce"):
+        trainer.train()
+
+
+def test_eval_only_loads_teacher(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=2)
+    trainer = _train(cfg)
+    model = HierVLTrainer.build_model(cfg)
+    which = load_inference_weights(model, str(tmp_path / "out" / "model_final.pth"))
+    assert which == "teacher"
+    assert torch.equal(model.head.weight, trainer.teacher.head.weight)
+    results = HierVLTrainer.test_model(cfg, model, "teacher")
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0
+
+
+def test_bf16_autocast_step(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.DTYPE = "bfloat16"
+    trainer = _train(cfg)
+    assert trainer._trainer.grad_scaler is None  # bf16 needs no loss scaling
+    latest = trainer.storage.latest()
+    assert torch.isfinite(torch.tensor(latest["loss_ce_unsup"][0]))
