@@ -23,7 +23,7 @@ import sys
 from typing import List, Optional, Sequence
 
 import numpy as np
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
@@ -35,9 +35,13 @@ from predictor import VisualizationDemo  # noqa: E402
 
 import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
-from hiervl.config import add_hiervl_config  # noqa: E402
+from hiervl.config import load_config  # noqa: E402
 from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask  # noqa: E402
-from hiervl.evaluation.visualization import find_dataset_record, metadata_of  # noqa: E402
+from hiervl.evaluation.visualization import (  # noqa: E402
+    default_dataset,
+    find_dataset_record,
+    metadata_of,
+)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -84,12 +88,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_hiervl_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, args.opts)
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
@@ -124,14 +123,6 @@ def output_names(paths: Sequence[str]) -> List[str]:
         seen[stem] = count + 1
         names.append(f"{stem}.png" if count == 0 else f"{stem}_{count}.png")
     return names
-
-
-def default_dataset(cfg: CfgNode) -> str:
-    if cfg.DATASETS.TEST:
-        return cfg.DATASETS.TEST[0]
-    if cfg.DATASETS.TRAIN:
-        return cfg.DATASETS.TRAIN[0]
-    raise ValueError("Pass --dataset: the config names no DATASETS.TEST or DATASETS.TRAIN")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -4,7 +4,11 @@
 Each key is read by exactly one ``from_config`` (or the trainer / data code); the test
 ``tests/test_config.py`` fails when a key is never read.
 """
+
+from typing import Callable, Iterable, Sequence
+
 from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
 
 
 def add_hiervl_config(cfg: CN) -> None:
@@ -210,3 +214,31 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # bf16 or fp16 autocast when SOLVER.AMP.ENABLED.
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
+
+
+def load_config(
+    config_file: str = "",
+    opts: Sequence = (),
+    *,
+    hooks: Iterable[Callable[[CN], None]] = (add_hiervl_config,),
+    freeze: bool = True,
+) -> CN:
+    """The one way scripts build a config: detectron2's defaults, ``hooks`` (HierVL's keys and
+    those of a project such as HVLFormer), ``config_file``, then command-line ``opts``.
+
+    A folder dataset named by ``DATASETS.CUSTOM.ROOT`` is registered here (it also sets
+    ``MODEL.HIERVL.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
+    tools see the same datasets.
+    """
+    from hiervl.data.datasets.folder import register_folder_from_cfg
+
+    cfg = get_cfg()
+    for hook in hooks:
+        hook(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    register_folder_from_cfg(cfg)
+    if freeze:
+        cfg.freeze()
+    return cfg

@@ -21,11 +21,7 @@ echo "[demo] 2/3 evaluation of $out/model_final.pth"
 "$py" train_net.py --config-file "$config" --eval-only \
   OUTPUT_DIR "$out" MODEL.WEIGHTS "$out/model_final.pth" "$@"
 
-if [ -f demo/demo.py ]; then
-  echo "[demo] 3/3 pictures -> $out/pictures"
-  "$py" demo/demo.py --config-file "$config" --dataset hiervl_demo_val --limit 8 --show-gt \
-    --output "$out/pictures" --opts MODEL.WEIGHTS "$out/model_final.pth" "$@"
-else
-  echo "[demo] 3/3 skipped: demo/demo.py is missing" >&2
-fi
+echo "[demo] 3/3 pictures -> $out/pictures"
+"$py" demo/demo.py --config-file "$config" --dataset hiervl_demo_val --limit 8 --show-gt \
+  --output "$out/pictures" --opts MODEL.WEIGHTS "$out/model_final.pth" "$@"
 echo "[demo] done: metrics in $out/inference, pictures in $out/pictures"

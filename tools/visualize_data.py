@@ -26,7 +26,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 import hiervl.data  # noqa: F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: F401  (registers the HierVL META_ARCH)
-from hiervl.config import add_hiervl_config
+from hiervl.config import load_config
 from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask
 from hiervl.evaluation.visualization import (
     draw_semseg,
@@ -67,13 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_hiervl_config(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.freeze()
-    return cfg
+    return load_config(args.config_file, args.opts)
 
 
 class TeacherPseudoLabeler:

@@ -35,16 +35,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from detectron2.config import CfgNode, get_cfg  # noqa: E402
+from detectron2.config import CfgNode  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
-from hiervl.config import add_hiervl_config  # noqa: E402
+from hiervl.config import load_config  # noqa: E402
 from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask  # noqa: E402
 from hiervl.evaluation.visualization import (  # noqa: E402
+    default_dataset,
     draw_semseg,
     find_dataset_record,
     labels_and_confidence,
@@ -74,15 +75,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
-    cfg = get_cfg()
-    add_hiervl_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     # One forward pass per image: the hooks below read the HSQG / decoder tensors of that pass.
-    cfg.MODEL.HIERVL.TEST.FLIP = False
-    cfg.MODEL.HIERVL.TEST.SCALES = [1.0]
-    cfg.freeze()
-    return cfg
+    return load_config(
+        args.config_file,
+        list(args.opts) + ["MODEL.HIERVL.TEST.FLIP", False, "MODEL.HIERVL.TEST.SCALES", [1.0]],
+    )
 
 
 class LanguageProbe:
@@ -261,14 +258,6 @@ def draw_figure(
         row += 1
     fig.tight_layout()
     return fig
-
-
-def default_dataset(cfg: CfgNode) -> str:
-    if cfg.DATASETS.TEST:
-        return cfg.DATASETS.TEST[0]
-    if cfg.DATASETS.TRAIN:
-        return cfg.DATASETS.TRAIN[0]
-    raise ValueError("Pass --dataset: the config names no DATASETS.TEST or DATASETS.TRAIN")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

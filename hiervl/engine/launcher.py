@@ -1,47 +1,28 @@
 """What ``train_net.py`` scripts share: config setup and the train / eval-only entry."""
 
 import argparse
-import importlib
-import importlib.util
 from typing import Callable, Iterable, Type
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.engine import default_setup
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from hiervl.config import load_config
 from hiervl.utils.checkpoint import load_inference_weights
 
 from .trainer import HierVLTrainer
 
-__all__ = ["setup_cfg", "register_custom_dataset", "run_train_or_eval"]
-
-_FOLDER_MODULE = "hiervl.data.datasets.folder"
-
-
-def register_custom_dataset(cfg: CfgNode) -> None:
-    """Register the folder dataset of ``DATASETS.CUSTOM.ROOT`` (nothing when ROOT is "")."""
-    if not cfg.DATASETS.CUSTOM.ROOT:
-        return
-    if importlib.util.find_spec(_FOLDER_MODULE) is None:
-        raise RuntimeError(f"DATASETS.CUSTOM.ROOT is set but {_FOLDER_MODULE} is not installed")
-    importlib.import_module(_FOLDER_MODULE).register_folder_from_cfg(cfg)
+__all__ = ["setup_cfg", "run_train_or_eval"]
 
 
 def setup_cfg(
     args: argparse.Namespace, config_hooks: Iterable[Callable[[CfgNode], None]]
 ) -> CfgNode:
-    """detectron2 defaults + ``config_hooks`` (``add_hiervl_config``, project hooks) + the
-    config file + command-line opts; registers a custom folder dataset; freezes; runs
-    detectron2's ``default_setup`` (logging, seeding, config dump into OUTPUT_DIR)."""
-    cfg = get_cfg()
-    for hook in config_hooks:
-        hook(cfg)
-    if args.config_file:
-        cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    register_custom_dataset(cfg)
-    cfg.freeze()
+    """``hiervl.config.load_config`` of the command line (defaults + ``config_hooks`` + config
+    file + opts, custom folder dataset registered, frozen), then detectron2's ``default_setup``
+    (logging, seeding, config dump into OUTPUT_DIR)."""
+    cfg = load_config(args.config_file, args.opts, hooks=config_hooks)
     default_setup(cfg, args)
     # HierVL's own loggers (per-class IoU table, checkpoint choice) next to detectron2's.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hiervl")

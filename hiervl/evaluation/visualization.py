@@ -11,10 +11,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 __all__ = [
+    "default_dataset",
     "draw_semseg",
     "grey_out",
     "labels_and_confidence",
@@ -132,3 +134,12 @@ def metadata_of(dataset_name: str):
     if not hasattr(metadata, "stuff_classes"):
         raise KeyError(f"Dataset {dataset_name!r} has no stuff_classes metadata")
     return metadata
+
+
+def default_dataset(cfg: CfgNode) -> str:
+    """The split a script draws when none is named: the first test split, else the first train."""
+    if cfg.DATASETS.TEST:
+        return cfg.DATASETS.TEST[0]
+    if cfg.DATASETS.TRAIN:
+        return cfg.DATASETS.TRAIN[0]
+    raise ValueError("Pass --dataset: the config names no DATASETS.TEST or DATASETS.TRAIN")
