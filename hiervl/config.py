@@ -167,6 +167,9 @@ def add_hiervl_config(cfg: CN) -> None:
     # pixel by its confidence; Cityscapes).
     semi.PSEUDO_LABEL_MODE = "threshold"
     semi.CONF_THRESHOLD = 0.95
+    # Class-balanced thresholds (CBST): each class predicted in the batch keeps at least this
+    # fraction of its most confident pixels (0 = the global threshold only).
+    semi.CLASS_BALANCED_RATIO = 0.0
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
     # CutMix between unlabelled images.

@@ -309,7 +309,9 @@ class HierVL(nn.Module):
         Args:
             batched_inputs: detectron2 dicts. Training: ``image`` uint8 ``[3,H,W]``, ``sem_seg``
                 long ``[H,W]`` (255 ignore), optional ``sem_seg_weight`` float ``[H,W]``,
-                optional ``labeled`` bool (default True). Inference: ``image`` and optional
+                optional ``labeled`` bool (default True; a batch without a labelled image
+                leaves out the image-independent prompt losses, Eq. 3-5, which its labelled
+                batch already counts). Inference: ``image`` and optional
                 ``height`` / ``width`` of the output.
             return_outputs: training only; also return the decoder outputs (with
                 ``aux_outputs``, per layer) for consistency regularisers.
@@ -359,7 +361,11 @@ class HierVL(nn.Module):
         text = self.text_embeddings()
         outputs, hs, row_classes = self._run(images, text, presence, labeled)
         losses = self.criterion(
-            outputs, targets, row_classes=row_classes, row_keep=outputs["keep"], text_embeds=text
+            self._unknown_rows_detached(outputs, row_classes, presence, labeled),
+            targets,
+            row_classes=row_classes,
+            row_keep=outputs["keep"],
+            text_embeds=text,
         )
         if self.hsqg is not None and self.hsqg.relevance_enabled and self.relevance_weight > 0:
             use = labeled & has_pixels
@@ -368,13 +374,59 @@ class HierVL(nn.Module):
             else:
                 bce = hs["relevance_logits"].sum() * 0.0
             losses["loss_relevance"] = self.relevance_weight * bce
-        losses.update(self._prompt_losses(text))
+        if bool(labeled.any()):
+            # Eq. 3-5 depend on the prompts only, not on the images: computed with the labelled
+            # images, so that a step with a separate unlabelled forward counts them once.
+            losses.update(self._prompt_losses(text))
         losses.update(self._vision_language_losses(images, labels, text))
         if self.entropy_weight > 0:
             losses["loss_entropy"] = self.entropy_weight * self._entropy(outputs, ~labeled)
         if return_outputs:
             return losses, outputs
         return losses
+
+    @staticmethod
+    def _unknown_rows_detached(
+        outputs: Dict, row_classes: torch.Tensor, presence: torch.Tensor, labeled: torch.Tensor
+    ) -> Dict:
+        """Decoder outputs for the criterion, with the class logits of rows whose target is
+        unknown detached (their classification loss then trains nothing).
+
+        A thresholded pseudo-label tells which classes are present (they kept confident pixels),
+        not which are absent: a class whose pixels all fell below the threshold is unknown, and
+        a "no object" target for its row would teach the student that the class is missing
+        (small classes, whose confidences stay low, are then forgotten). On unlabelled images
+        only the class rows of pseudo-labelled classes keep a classification gradient; their
+        mask losses and the instance rows' Hungarian mask losses are unchanged.
+
+        Args:
+            outputs: decoder outputs (``pred_logits [B, K, C+1]``, ``aux_outputs``).
+            row_classes: ``[K]`` class of each row (-1 for instance rows).
+            presence: ``[B, C]`` bool classes of the targets (kept pseudo-label pixels).
+            labeled: ``[B]`` bool.
+
+        Returns:
+            a shallow copy of ``outputs`` (the same dict when every image is labelled).
+        """
+        if bool(labeled.all()):
+            return outputs
+        class_rows = row_classes >= 0
+        known = torch.zeros(
+            presence.shape[0], row_classes.numel(), dtype=torch.bool, device=presence.device
+        )
+        known[:, class_rows] = presence[:, row_classes[class_rows]]
+        unknown = (~labeled[:, None] & ~known)[..., None]
+
+        def detach_unknown(layer: Dict) -> Dict:
+            layer = dict(layer)
+            logits = layer["pred_logits"]
+            layer["pred_logits"] = torch.where(unknown, logits.detach(), logits)
+            return layer
+
+        out = detach_unknown(outputs)
+        if "aux_outputs" in outputs:
+            out["aux_outputs"] = [detach_unknown(aux) for aux in outputs["aux_outputs"]]
+        return out
 
     def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Eq. 3-5 between ``t̂`` and the fixed-template ``t⁰``."""

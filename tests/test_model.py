@@ -139,6 +139,31 @@ def test_semantic_probs_is_a_distribution(model):
     torch.testing.assert_close(probs.sum(1), torch.ones(2, 48, 80), rtol=1e-4, atol=1e-4)
 
 
+def test_unlabelled_batch_leaves_prompt_losses_to_labelled_one(model):
+    """Eq. 3-5 do not depend on the images: a separate unlabelled forward must not repeat them."""
+    losses = _train_step(model, _inputs(labeled=(False, False)))
+    assert "loss_topo" not in losses and "loss_anchor" not in losses
+    assert "loss_entropy" in losses and "loss_ce" in losses
+    losses = _train_step(model, _inputs(labeled=(True, False)))
+    assert "loss_topo" in losses and "loss_anchor" in losses
+
+
+def test_unlabelled_rows_of_unknown_classes_get_no_class_gradient():
+    """Pseudo-labels say which classes are present, not which are absent (see HierVL)."""
+    logits = torch.randn(2, 5, 4, requires_grad=True)  # 2 classes x 2 levels + 1 instance row
+    outputs = {"pred_logits": logits, "aux_outputs": [{"pred_logits": logits * 2}]}
+    row_classes = torch.tensor([0, 0, 1, 1, -1])
+    presence = torch.tensor([[True, False], [True, False]])
+    labeled = torch.tensor([True, False])
+    out = HierVL._unknown_rows_detached(outputs, row_classes, presence, labeled)
+    (out["pred_logits"].sum() + out["aux_outputs"][0]["pred_logits"].sum()).backward()
+    has_grad = logits.grad.abs().sum(-1) > 0
+    # labelled image: every row; unlabelled image: only the rows of its pseudo-labelled class 0.
+    assert has_grad.tolist() == [[True] * 5, [True, True, False, False, False]]
+    all_labeled = torch.tensor([True, True])
+    assert HierVL._unknown_rows_detached(outputs, row_classes, presence, all_labeled) is outputs
+
+
 def test_bad_inputs_give_finite_losses(model):
     inputs = _inputs(labeled=(True, True))
     inputs[0]["sem_seg"] = torch.full((64, 64), 255, dtype=torch.long)  # no labelled pixel

@@ -1,12 +1,13 @@
 """Pseudo-labels and CutMix: pure tensor functions of the semi-supervised step (METHOD §8)."""
 
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 
 __all__ = [
     "pseudo_labels_from_probs",
+    "class_balanced_thresholds",
     "finalize_pseudo_labels",
     "sample_cutmix_masks",
     "mix_with_partner",
@@ -28,13 +29,59 @@ def pseudo_labels_from_probs(probs: torch.Tensor) -> Tuple[torch.Tensor, torch.T
 
 
 @torch.no_grad()
+def class_balanced_thresholds(
+    labels: torch.Tensor,
+    conf: torch.Tensor,
+    ignore_mask: Optional[torch.Tensor],
+    *,
+    num_classes: int,
+    threshold: float,
+    keep_ratio: float,
+) -> torch.Tensor:
+    """Per-class confidence thresholds of class-balanced self-training (Zou et al., CBST).
+
+    A single global threshold keeps the large, easy classes and drops every pixel of the small,
+    hard ones, whose confidences stay lower; the student then learns on the unlabelled images
+    that those classes are absent ("no object" for their class rows) and forgets them. Here
+    each class predicted in the batch keeps at least the ``keep_ratio`` most confident of its
+    pixels: ``τ_c = min(threshold, quantile(conf[labels == c], 1 - keep_ratio))``.
+
+    Args:
+        labels: ``[B, H, W]`` long teacher argmax labels (before CutMix).
+        conf: ``[B, H, W]`` float confidences.
+        ignore_mask: ``[B, H, W]`` bool, True on padded pixels (left out), or None.
+        num_classes: ``C``.
+        threshold: the global threshold (upper bound of every ``τ_c``).
+        keep_ratio: fraction in ``[0, 1]`` of each class's pixels that is always kept; 0 gives
+            the global threshold for every class.
+
+    Returns:
+        ``[C]`` float thresholds (``threshold`` for classes not predicted in the batch).
+    """
+    if not 0.0 <= keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in [0, 1], got {keep_ratio}")
+    thresholds = torch.full((num_classes,), float(threshold))
+    if keep_ratio <= 0:
+        return thresholds
+    valid = torch.isfinite(conf)
+    if ignore_mask is not None:
+        valid = valid & ~ignore_mask
+    labels, conf = labels[valid].cpu(), conf[valid].float().cpu()
+    for c in torch.unique(labels).tolist():
+        if 0 <= c < num_classes:
+            quantile = torch.quantile(conf[labels == c], 1.0 - keep_ratio)
+            thresholds[c] = min(float(threshold), float(quantile))
+    return thresholds
+
+
+@torch.no_grad()
 def finalize_pseudo_labels(
     labels: torch.Tensor,
     conf: torch.Tensor,
     ignore_mask: Optional[torch.Tensor],
     *,
     mode: str,
-    threshold: float,
+    threshold: Union[float, torch.Tensor],
     ignore_label: int = 255,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Turn (possibly CutMix'ed) pseudo-labels into training targets.
@@ -46,7 +93,8 @@ def finalize_pseudo_labels(
             Pixels with a non-finite confidence are ignored too.
         mode: "threshold" — pixels with ``conf < threshold`` become ``ignore_label``, no weight;
             "weight" — every pixel is kept with loss weight ``conf``.
-        threshold: confidence threshold of the "threshold" mode.
+        threshold: confidence threshold of the "threshold" mode: a float, or ``[C]`` per-class
+            thresholds (:func:`class_balanced_thresholds`) applied by each pixel's label.
         ignore_label: label of ignored pixels.
 
     Returns:
@@ -58,6 +106,9 @@ def finalize_pseudo_labels(
     if ignore_mask is not None:
         drop = drop | ignore_mask
     if mode == "threshold":
+        if torch.is_tensor(threshold):
+            per_class = threshold.to(conf.device, torch.float32)
+            threshold = per_class[labels.clamp(0, per_class.numel() - 1)]
         targets[drop | (conf < threshold)] = ignore_label
         return targets, None
     if mode == "weight":

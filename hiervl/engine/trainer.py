@@ -7,7 +7,9 @@ One step:
        confidences; padded pixels are ignored;
     3. CutMix (``SEMI.CUTMIX_PROB``): each strong view takes a box from its partner in the batch
        (the next image), and labels, confidences and padding masks are mixed the same way;
-    4. targets: ``threshold`` mode — confidence below ``SEMI.CONF_THRESHOLD`` is ignored;
+    4. targets: ``threshold`` mode — confidence below ``SEMI.CONF_THRESHOLD`` is ignored (with
+       ``SEMI.CLASS_BALANCED_RATIO`` > 0, per-class thresholds: every class predicted in the
+       batch keeps its most confident pixels, so small classes are not learnt as absent);
        ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``);
     5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × its
        loss on the mixed strong views (``labeled=False``), one forward of
@@ -43,6 +45,7 @@ from .data import ResumableLoader, build_resumable_loader
 from .ema import build_teacher, ema_momentum, ema_update
 from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer, clip_gradients
 from .semi import (
+    class_balanced_thresholds,
     finalize_pseudo_labels,
     mix_with_partner,
     pseudo_labels_from_probs,
@@ -157,6 +160,7 @@ class SemiSupervisedStep(SimpleTrainer):
         ema_momentum: float,
         pseudo_label_mode: str,
         conf_threshold: float,
+        class_balanced_ratio: float = 0.0,
         unsup_weight: float,
         unsup_start_iter: int,
         cutmix_prob: float,
@@ -174,6 +178,8 @@ class SemiSupervisedStep(SimpleTrainer):
             ema_momentum: cap m of ``min(1 - 1/(t+1), m)``.
             pseudo_label_mode: "threshold" or "weight".
             conf_threshold: confidence threshold of the "threshold" mode.
+            class_balanced_ratio: "threshold" mode: each class predicted in the batch keeps at
+                least this fraction of its most confident pixels (0 = global threshold only).
             unsup_weight: weight of the unlabelled loss.
             unsup_start_iter: first iteration with unlabelled losses.
             cutmix_prob: probability of a CutMix box per unlabelled image.
@@ -192,6 +198,7 @@ class SemiSupervisedStep(SimpleTrainer):
         self.ema_momentum = ema_momentum
         self.pseudo_label_mode = pseudo_label_mode
         self.conf_threshold = conf_threshold
+        self.class_balanced_ratio = class_balanced_ratio
         self.unsup_weight = unsup_weight
         self.unsup_start_iter = unsup_start_iter
         self.cutmix_prob = cutmix_prob
@@ -249,12 +256,22 @@ class SemiSupervisedStep(SimpleTrainer):
             self._warned_small_batch = True
         masks = sample_cutmix_masks(n, h, w, prob=self.cutmix_prob if n > 1 else 0.0)
         partner = torch.roll(torch.arange(n), -1)
+        threshold = self.conf_threshold
+        if self.pseudo_label_mode == "threshold" and self.class_balanced_ratio > 0:
+            threshold = class_balanced_thresholds(
+                labels,
+                conf,
+                ignore,
+                num_classes=int(labels.max()) + 1,
+                threshold=self.conf_threshold,
+                keep_ratio=self.class_balanced_ratio,
+            )
         targets, weights = finalize_pseudo_labels(
             mix_with_partner(labels, masks, partner),
             mix_with_partner(conf, masks, partner),
             mix_with_partner(ignore, masks, partner),
             mode=self.pseudo_label_mode,
-            threshold=self.conf_threshold,
+            threshold=threshold,
         )
         return {
             "weak": weak,
@@ -475,6 +492,7 @@ class HierVLTrainer(DefaultTrainer):
             "ema_momentum": cfg.SEMI.EMA_MOMENTUM,
             "pseudo_label_mode": cfg.SEMI.PSEUDO_LABEL_MODE,
             "conf_threshold": cfg.SEMI.CONF_THRESHOLD,
+            "class_balanced_ratio": cfg.SEMI.CLASS_BALANCED_RATIO,
             "unsup_weight": cfg.SEMI.UNSUP_WEIGHT,
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,

@@ -13,6 +13,7 @@ from hiervl.engine import (
     pseudo_labels_from_probs,
     sample_cutmix_masks,
 )
+from hiervl.engine.semi import class_balanced_thresholds
 
 
 class _WithBuffers(nn.Module):
@@ -66,6 +67,27 @@ def test_pseudo_labels_threshold_and_weight():
     assert torch.allclose(weight, torch.tensor([[[0.9, 0.6, 0.0]]]))
     with pytest.raises(ValueError):
         finalize_pseudo_labels(labels, conf, None, mode="soft", threshold=0.5)
+
+
+def test_class_balanced_thresholds_keep_small_classes():
+    # Class 0 is confident everywhere; class 1 never reaches the global threshold 0.8.
+    labels = torch.tensor([[[0, 0, 0, 1, 1, 1, 1]]])
+    conf = torch.tensor([[[0.99, 0.95, 0.9, 0.3, 0.4, 0.5, 0.6]]])
+    ignore = torch.tensor([[[False] * 6 + [True]]])  # the padded 0.6 pixel does not count
+    thr = class_balanced_thresholds(
+        labels, conf, ignore, num_classes=3, threshold=0.8, keep_ratio=0.5
+    )
+    assert thr[0] == pytest.approx(0.8) and thr[2] == pytest.approx(0.8)
+    assert thr[1] == pytest.approx(0.4)  # median of 0.3, 0.4, 0.5
+    targets, _ = finalize_pseudo_labels(labels, conf, ignore, mode="threshold", threshold=thr)
+    assert targets.tolist() == [[[0, 0, 0, 255, 1, 1, 255]]]
+    # Without the per-class thresholds class 1 would vanish from the targets.
+    targets, _ = finalize_pseudo_labels(labels, conf, ignore, mode="threshold", threshold=0.8)
+    assert 1 not in targets.tolist()[0][0]
+    off = class_balanced_thresholds(labels, conf, None, num_classes=3, threshold=0.8, keep_ratio=0)
+    assert off.tolist() == pytest.approx([0.8] * 3)
+    with pytest.raises(ValueError):
+        class_balanced_thresholds(labels, conf, None, num_classes=3, threshold=0.8, keep_ratio=2)
 
 
 def test_cutmix_mixes_images_labels_and_masks_alike():
