@@ -414,7 +414,11 @@ class HierVL(nn.Module):
         known = torch.zeros(
             presence.shape[0], row_classes.numel(), dtype=torch.bool, device=presence.device
         )
+        # A row is tied to its class's segment only when it is kept (criterion): a present
+        # class whose rows the relevance mask dropped would otherwise be trained as absent.
         known[:, class_rows] = presence[:, row_classes[class_rows]]
+        if outputs.get("keep") is not None:
+            known &= outputs["keep"].to(known.device)
         unknown = (~labeled[:, None] & ~known)[..., None]
 
         def detach_unknown(layer: Dict) -> Dict:

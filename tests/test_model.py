@@ -162,6 +162,14 @@ def test_unlabelled_rows_of_unknown_classes_get_no_class_gradient():
     assert has_grad.tolist() == [[True] * 5, [True, True, False, False, False]]
     all_labeled = torch.tensor([True, True])
     assert HierVL._unknown_rows_detached(outputs, row_classes, presence, all_labeled) is outputs
+    # a pseudo-labelled class whose rows the relevance mask dropped is not tied to its segment
+    # (criterion): its rows are unknown too, not trained as "no object"
+    logits.grad = None
+    keep = torch.tensor([[True] * 5, [False, True, True, True, True]])
+    out = HierVL._unknown_rows_detached({**outputs, "keep": keep}, row_classes, presence, labeled)
+    out["pred_logits"].sum().backward()
+    has_grad = logits.grad.abs().sum(-1) > 0
+    assert has_grad.tolist() == [[True] * 5, [False, True, False, False, False]]
 
 
 def test_bad_inputs_give_finite_losses(model):

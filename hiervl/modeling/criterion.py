@@ -9,6 +9,7 @@ ground truth). Pixels with label ``ignore_value`` or weight 0 take no part in th
 """
 
 import logging
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -49,6 +50,13 @@ def semantic_targets(
     labels = torch.unique(sem_seg[valid & (pixel_weight > 0)])
     masks = (sem_seg[None] == labels[:, None, None]).float()
     return {"labels": labels.long(), "masks": masks, "weight": pixel_weight}
+
+
+def _labelled_logit_uncertainty(points: torch.Tensor) -> torch.Tensor:
+    """Uncertainty of sampled ``[N, 2, P]`` (mask logit, pixel weight) pairs: the logit's
+    uncertainty where the weight is positive, ``-inf`` on ignored pixels."""
+    logits, weight = points[:, :1], points[:, 1:]
+    return torch.where(weight > 0, logit_uncertainty(logits), torch.full_like(logits, -math.inf))
 
 
 def _reduced_count(count: float, device: torch.device) -> float:
@@ -269,9 +277,13 @@ class HierVLCriterion(nn.Module):
             ]
         )[:, None]
         with torch.no_grad():
+            # Uncertain points are chosen among pixels with a target (weight > 0): ignored
+            # pixels (unsure pseudo-labels, padding) carry no loss and would waste points.
+            # (the weights at the mask logits' resolution: > 0 where any pixel has a target)
+            coarse_weight = F.adaptive_avg_pool2d(weight.float(), src.shape[-2:])
             coords = uncertain_point_coords(
-                src,
-                logit_uncertainty,
+                torch.cat([src.detach(), coarse_weight], dim=1),
+                _labelled_logit_uncertainty,
                 self.num_points,
                 self.oversample_ratio,
                 self.importance_sample_ratio,
@@ -280,7 +292,10 @@ class HierVLCriterion(nn.Module):
             weight_points = point_sample(weight.float(), coords)[:, 0]
         src_points = point_sample(src, coords)[:, 0]
         bce = F.binary_cross_entropy_with_logits(src_points, tgt_points, reduction="none")
-        bce = (bce * weight_points).mean(1).sum() / num_masks
+        # Mean over the points that have a target, so that a mask's BCE does not shrink with
+        # the ignored fraction of its image (dice is already normalised by its own sums).
+        counted = (weight_points > 0).sum(1).clamp(min=1)
+        bce = ((bce * weight_points).sum(1) / counted).sum() / num_masks
         probs = src_points.sigmoid() * weight_points
         numerator = 2.0 * (probs * tgt_points).sum(-1)
         denominator = probs.sum(-1) + (tgt_points * weight_points).sum(-1)

@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hiervl.modeling.criterion import HierVLCriterion, semantic_targets
+from hiervl.modeling.criterion import (
+    HierVLCriterion,
+    _labelled_logit_uncertainty,
+    semantic_targets,
+)
 from hiervl.modeling.matcher import HungarianMatcher
+from hiervl.modeling.point_sampling import logit_uncertainty, uncertain_point_coords
 
 C, E, N, H, W, DT = 3, 2, 2, 32, 32, 8
 
@@ -151,6 +156,33 @@ def test_ignored_and_weighted_pixels():
         row_keep=keep,
     )
     assert math.isclose(half["loss_mask"].item(), 0.5 * full["loss_mask"].item(), rel_tol=0.1)
+
+
+def test_mask_bce_is_a_mean_over_labelled_points_chosen_among_labelled_pixels():
+    """Ignored pixels neither attract the uncertainty-chosen points nor dilute the BCE."""
+    crit = _criterion(class_weight=0.0, dice_weight=0.0, align_weight=0.0)
+    sem = _label_map()  # a quarter of the columns ignored
+    keep = torch.ones(1, C * E + N, dtype=torch.bool)
+    flat = torch.zeros(1, C * E + N, H, W)  # logit 0 everywhere: BCE ln 2 at every point
+    outputs = {"pred_logits": torch.zeros(1, C * E + N, C + 1), "pred_embeds": None}
+    targets = [semantic_targets(sem, C)]
+    torch.manual_seed(0)
+    loss = crit({**outputs, "pred_masks": flat}, targets, row_classes=_rows(), row_keep=keep)
+    per_mask = loss["loss_mask"].item() / 5.0
+    # ln 2, not 3/4 ln 2 (the labelled fraction); bilinear points on the edge of the ignored
+    # band have weights in (0, 1) and take a few per cent off
+    assert math.isclose(per_mask, math.log(2.0), rel_tol=0.05)
+    # ignored pixels are the most uncertain ones here (logit 0 vs +-8): the uncertainty-chosen
+    # points still all land on labelled pixels (x < 24/32, plus one pixel of bilinear reach)
+    logits = torch.where(sem != 255, 8.0, 0.0)[None, None]
+    weight = (sem != 255).float()[None, None]
+    coords = uncertain_point_coords(
+        torch.cat([logits, weight], 1), _labelled_logit_uncertainty, 256, 3.0, 1.0
+    )
+    assert coords[..., 0].max() < 25 / 32
+    coords = uncertain_point_coords(logits, logit_uncertainty, 256, 3.0, 1.0)
+    # the plain logit uncertainty spends most points on the ignored quarter
+    assert (coords[..., 0] > 23 / 32).float().mean() > 0.6
 
 
 def test_zero_weights_skip_terms_and_deep_supervision():
