@@ -9,13 +9,11 @@
 The trainer (two loaders, EMA teacher, pseudo-labels, CutMix, checkpoints) is
 ``hiervl.engine.HierVLTrainer``; projects (``projects/HVLFormer``) have their own train_net.py.
 """
-from detectron2.engine import default_argument_parser, launch
-
 import hiervl.data  # noqa: F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: F401  (registers the HierVL META_ARCH)
 from hiervl.config import add_hiervl_config
 from hiervl.engine import HierVLTrainer
-from hiervl.engine.launcher import run_train_or_eval, setup_cfg
+from hiervl.engine.launcher import launch_from_command_line, run_train_or_eval, setup_cfg
 
 CONFIG_HOOKS = (add_hiervl_config,)
 
@@ -30,12 +28,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_command_line(main)

@@ -17,7 +17,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
-from .modeling.clip import CLIPImageEncoder, PromptTextEncoder, build_open_clip
+from .modeling.clip import CLIPImageEncoder, PromptTextEncoder, build_open_clip_from_config
 from .modeling.criterion import HierVLCriterion, semantic_targets
 from .modeling.heads import HSQG, build_transformer_decoder
 from .modeling.pixel_decoder import build_pixel_decoder
@@ -182,7 +182,7 @@ class HierVL(nn.Module):
                 f"MODEL.HIERVL.NUM_CLASSES={hv.NUM_CLASSES} but {cfg.DATASETS.TRAIN[0]!r} has "
                 f"{len(class_names)} classes"
             )
-        clip_model = build_open_clip(hv.CLIP.MODEL_NAME, hv.CLIP.PRETRAINED, hv.CLIP.IMAGE_SIZE)
+        clip_model = build_open_clip_from_config(cfg)
         image_encoder = CLIPImageEncoder(cfg, clip_model=clip_model)
         text_encoder = PromptTextEncoder(cfg, clip_model=clip_model)
         text_dim = text_encoder.embed_dim

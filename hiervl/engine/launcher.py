@@ -4,7 +4,7 @@ import argparse
 from typing import Callable, Iterable, Type
 
 from detectron2.config import CfgNode
-from detectron2.engine import default_setup
+from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
@@ -13,7 +13,7 @@ from hiervl.utils.checkpoint import load_inference_weights
 
 from .trainer import HierVLTrainer
 
-__all__ = ["setup_cfg", "run_train_or_eval"]
+__all__ = ["setup_cfg", "run_train_or_eval", "launch_from_command_line"]
 
 
 def setup_cfg(
@@ -44,3 +44,17 @@ def run_train_or_eval(
     trainer = trainer_cls(cfg)
     trainer.resume_or_load(resume=args.resume)
     return trainer.train()
+
+
+def launch_from_command_line(main: Callable[[argparse.Namespace], object]) -> None:
+    """Parse detectron2's standard arguments and run ``main(args)`` in every process of
+    ``--num-gpus`` x ``--num-machines`` (the body of a ``train_net.py``)."""
+    args = default_argument_parser().parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

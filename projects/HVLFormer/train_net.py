@@ -7,14 +7,16 @@
 import os
 import sys
 
-from detectron2.engine import default_argument_parser, launch
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
 from hiervl.config import add_hiervl_config  # noqa: E402
-from hiervl.engine.launcher import run_train_or_eval, setup_cfg  # noqa: E402
+from hiervl.engine.launcher import (  # noqa: E402
+    launch_from_command_line,
+    run_train_or_eval,
+    setup_cfg,
+)
 from hvlformer import HVLFormerTrainer, add_hvlformer_config  # noqa: E402
 
 CONFIG_HOOKS = (add_hiervl_config, add_hvlformer_config)
@@ -29,12 +31,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_command_line(main)

@@ -9,7 +9,13 @@ from typing import Optional
 import open_clip
 from torch import nn
 
-__all__ = ["MODEL_CONFIG_DIR", "register_model_configs", "build_open_clip", "build_tokenizer"]
+__all__ = [
+    "MODEL_CONFIG_DIR",
+    "register_model_configs",
+    "build_open_clip",
+    "build_open_clip_from_config",
+    "build_tokenizer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +76,12 @@ def build_open_clip(model_name: str, pretrained: str, image_size: Optional[int])
     return open_clip.create_model(
         model_name, pretrained=pretrained or None, force_image_size=image_size
     )
+
+
+def build_open_clip_from_config(cfg) -> nn.Module:
+    """:func:`build_open_clip` of ``MODEL.HIERVL.CLIP`` (model name, weights, image size)."""
+    clip_cfg = cfg.MODEL.HIERVL.CLIP
+    return build_open_clip(clip_cfg.MODEL_NAME, clip_cfg.PRETRAINED, clip_cfg.IMAGE_SIZE)
 
 
 def build_tokenizer(model_name: str):

@@ -11,7 +11,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .factory import build_open_clip
+from .factory import build_open_clip_from_config
 
 __all__ = ["CLIPImageEncoder", "PYRAMID_STRIDES", "PYRAMID_NAMES"]
 
@@ -149,9 +149,7 @@ class CLIPImageEncoder(nn.Module):
         None builds one from MODEL.HIERVL.CLIP."""
         clip_cfg = cfg.MODEL.HIERVL.CLIP
         if clip_model is None:
-            clip_model = build_open_clip(
-                clip_cfg.MODEL_NAME, clip_cfg.PRETRAINED, clip_cfg.IMAGE_SIZE
-            )
+            clip_model = build_open_clip_from_config(cfg)
         return {
             "visual": clip_model.visual,
             "feature_layers": list(clip_cfg.FEATURE_LAYERS),

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
-from .factory import build_open_clip, build_tokenizer
+from .factory import build_open_clip_from_config, build_tokenizer
 
 __all__ = ["PromptTextEncoder", "load_class_descriptions"]
 
@@ -194,9 +194,7 @@ class PromptTextEncoder(nn.Module):
         None builds one from MODEL.HIERVL.CLIP."""
         clip_cfg = cfg.MODEL.HIERVL.CLIP
         if clip_model is None:
-            clip_model = build_open_clip(
-                clip_cfg.MODEL_NAME, clip_cfg.PRETRAINED, clip_cfg.IMAGE_SIZE
-            )
+            clip_model = build_open_clip_from_config(cfg)
         descriptions = None
         if clip_cfg.DESCRIPTIONS_FILE:
             descriptions = load_class_descriptions(clip_cfg.DESCRIPTIONS_FILE)
