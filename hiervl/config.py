@@ -170,6 +170,11 @@ def add_hiervl_config(cfg: CN) -> None:
     # Class-balanced thresholds (CBST): each class predicted in the batch keeps at least this
     # fraction of its most confident pixels (0 = the global threshold only).
     semi.CLASS_BALANCED_RATIO = 0.0
+    # Distribution alignment (ours; ReMixMatch / DARS style): before thresholding, the
+    # teacher's class probabilities are multiplied by (class pixel frequency of the labelled
+    # split) / (mean predicted probability over the unlabelled batch) and renormalised, which
+    # counters the drift of pseudo-labels toward the large classes.
+    semi.DISTRIBUTION_ALIGNMENT = False
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
     # CutMix between unlabelled images.

@@ -1,12 +1,18 @@
 """Pseudo-labels and CutMix: pure tensor functions of the semi-supervised step (METHOD §8)."""
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
+import numpy as np
 import torch
+
+from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask
 
 __all__ = [
     "pseudo_labels_from_probs",
+    "class_pixel_prior",
+    "align_distribution",
+    "mean_class_probability",
     "class_balanced_thresholds",
     "finalize_pseudo_labels",
     "sample_cutmix_masks",
@@ -26,6 +32,81 @@ def pseudo_labels_from_probs(probs: torch.Tensor) -> Tuple[torch.Tensor, torch.T
     """
     conf, labels = probs.float().max(dim=1)
     return labels, conf
+
+
+def class_pixel_prior(
+    mask_files: Iterable[str], num_classes: int, ignore_label: int = 255
+) -> torch.Tensor:
+    """Class frequencies of the labelled pixels of a split: the target of
+    :func:`align_distribution`.
+
+    Args:
+        mask_files: label PNGs (train ids, ``ignore_label`` = unlabelled).
+        num_classes: ``C``.
+        ignore_label: pixels left out.
+
+    Returns:
+        ``[C]`` float64 summing to 1.
+
+    Raises:
+        ValueError: no mask file, or no labelled pixel in them.
+    """
+    counts = np.zeros(num_classes, dtype=np.int64)
+    files = list(mask_files)
+    if not files:
+        raise ValueError("distribution alignment needs the masks of a labelled split; got none")
+    for name in files:
+        mask = load_semseg_mask(name)
+        mask = mask[(mask != ignore_label) & (mask >= 0) & (mask < num_classes)]
+        counts += np.bincount(mask, minlength=num_classes)
+    if counts.sum() == 0:
+        raise ValueError(f"no labelled pixel in {len(files)} masks (all ignore_label?)")
+    return torch.from_numpy(counts / counts.sum())
+
+
+@torch.no_grad()
+def align_distribution(
+    probs: torch.Tensor,
+    prior: torch.Tensor,
+    valid: Optional[torch.Tensor] = None,
+    *,
+    batch_mean: Optional[torch.Tensor] = None,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """Distribution alignment of per-pixel class distributions to a class prior.
+
+    ``p'(c | x) ∝ p(c | x) · prior(c) / p̄(c)``, with ``p̄`` the mean prediction over the
+    valid pixels of the batch: classes the teacher predicts more often than the labelled data
+    has them are damped, the rarer ones raised, before the confidence threshold picks the
+    pseudo-labels.
+
+    Args:
+        probs: ``[B, C, H, W]`` distributions over classes.
+        prior: ``[C]`` target class frequencies (:func:`class_pixel_prior`).
+        valid: ``[B, H, W]`` bool pixels that count in ``p̄`` (e.g. not padding); None = all.
+        batch_mean: ``[C]`` a ``p̄`` computed by the caller (e.g. averaged over processes);
+            None computes it from ``probs`` and ``valid``.
+        eps: keeps the ratio finite for classes with no predicted mass.
+
+    Returns:
+        ``[B, C, H, W]`` aligned distributions (summing to 1 over classes).
+    """
+    if batch_mean is None:
+        batch_mean = mean_class_probability(probs, valid)
+    ratio = (prior.to(probs.device, torch.float32) + eps) / (batch_mean.to(probs.device) + eps)
+    aligned = probs.float() * ratio[None, :, None, None]
+    return aligned / aligned.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+@torch.no_grad()
+def mean_class_probability(probs: torch.Tensor, valid: Optional[torch.Tensor]) -> torch.Tensor:
+    """``[C]`` mean of ``probs [B, C, H, W]`` over the ``valid [B, H, W]`` pixels (all if None)."""
+    flat = probs.float().permute(1, 0, 2, 3).reshape(probs.shape[1], -1)
+    if valid is not None:
+        flat = flat[:, valid.reshape(-1).to(flat.device)]
+    if flat.shape[1] == 0:
+        return torch.full((probs.shape[1],), 1.0 / probs.shape[1], device=probs.device)
+    return flat.mean(1)
 
 
 @torch.no_grad()

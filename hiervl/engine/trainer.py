@@ -3,7 +3,8 @@
 One step:
     1. draw the rank's share of a labelled batch (``SOLVER.IMS_PER_BATCH`` global) and, when the
        unlabelled losses are on, of an unlabelled batch (``SEMI.IMS_PER_BATCH_UNLABELED``);
-    2. the teacher predicts the weak views (``semantic_probs``, no grad): argmax labels and
+    2. the teacher predicts the weak views (``semantic_probs``, no grad), aligned to the
+       labelled class prior with ``SEMI.DISTRIBUTION_ALIGNMENT``: argmax labels and
        confidences; padded pixels are ignored;
     3. CutMix (``SEMI.CUTMIX_PROB``): each strong view takes a box from its partner in the batch
        (the next image), and labels, confidences and padding masks are mixed the same way;
@@ -29,7 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 from detectron2.config import CfgNode
-from detectron2.data import build_detection_test_loader
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
@@ -45,8 +46,11 @@ from .data import ResumableLoader, build_resumable_loader
 from .ema import build_teacher, ema_momentum, ema_update
 from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer, clip_gradients
 from .semi import (
+    align_distribution,
     class_balanced_thresholds,
+    class_pixel_prior,
     finalize_pseudo_labels,
+    mean_class_probability,
     mix_with_partner,
     pseudo_labels_from_probs,
     sample_cutmix_masks,
@@ -161,6 +165,7 @@ class SemiSupervisedStep(SimpleTrainer):
         pseudo_label_mode: str,
         conf_threshold: float,
         class_balanced_ratio: float = 0.0,
+        class_prior: Optional[torch.Tensor] = None,
         unsup_weight: float,
         unsup_start_iter: int,
         cutmix_prob: float,
@@ -180,6 +185,8 @@ class SemiSupervisedStep(SimpleTrainer):
             conf_threshold: confidence threshold of the "threshold" mode.
             class_balanced_ratio: "threshold" mode: each class predicted in the batch keeps at
                 least this fraction of its most confident pixels (0 = global threshold only).
+            class_prior: ``[C]`` class frequencies of the labelled pixels: the teacher's
+                probabilities are aligned to it before pseudo-labelling (None = no alignment).
             unsup_weight: weight of the unlabelled loss.
             unsup_start_iter: first iteration with unlabelled losses.
             cutmix_prob: probability of a CutMix box per unlabelled image.
@@ -199,6 +206,7 @@ class SemiSupervisedStep(SimpleTrainer):
         self.pseudo_label_mode = pseudo_label_mode
         self.conf_threshold = conf_threshold
         self.class_balanced_ratio = class_balanced_ratio
+        self.class_prior = class_prior
         self.unsup_weight = unsup_weight
         self.unsup_start_iter = unsup_start_iter
         self.cutmix_prob = cutmix_prob
@@ -228,10 +236,21 @@ class SemiSupervisedStep(SimpleTrainer):
         return (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
 
     @torch.no_grad()
-    def teacher_predict(self, weak: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Teacher's labels and confidences ``[B, H, W]`` of weak views ``[B, 3, H, W]`` uint8."""
+    def teacher_predict(
+        self, weak: torch.Tensor, valid: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Teacher's labels and confidences ``[B, H, W]`` of weak views ``[B, 3, H, W]`` uint8
+        (with distribution alignment over the ``valid [B, H, W]`` pixels when a class prior
+        is set)."""
         with self.autocast():
             probs = self.teacher.semantic_probs(self.normalize(weak))
+        if self.class_prior is not None:
+            batch_mean = mean_class_probability(probs, valid)
+            if comm.get_world_size() > 1:  # the same alignment in every process
+                batch_mean = batch_mean.contiguous()
+                dist.all_reduce(batch_mean)
+                batch_mean /= comm.get_world_size()
+            probs = align_distribution(probs, self.class_prior, batch_mean=batch_mean)
         return pseudo_labels_from_probs(probs)
 
     def prepare_unlabeled(self, batch: List[dict]) -> Dict[str, torch.Tensor]:
@@ -248,7 +267,7 @@ class SemiSupervisedStep(SimpleTrainer):
         strong, _ = stack_views([d["image_strong"] for d in batch])
         ignore, _ = stack_views([d["ignore_mask"] for d in batch], pad_value=True)
         ignore = ignore | pad_w
-        labels, conf = self.teacher_predict(weak)
+        labels, conf = self.teacher_predict(weak, ~ignore)
         labels, conf = labels.cpu(), conf.cpu()
         n, _, h, w = strong.shape
         if n < 2 and self.cutmix_prob > 0 and not self._warned_small_batch:
@@ -478,6 +497,25 @@ class HierVLTrainer(DefaultTrainer):
         return cls.objective_class(student)
 
     @classmethod
+    def class_prior(cls, cfg: CfgNode) -> torch.Tensor:
+        """Class frequencies of the labelled pixels of ``DATASETS.TRAIN`` (distribution
+        alignment's target), read once from their masks."""
+        files = [
+            d["sem_seg_file_name"]
+            for name in cfg.DATASETS.TRAIN
+            for d in DatasetCatalog.get(name)
+            if d.get("sem_seg_file_name")
+        ]
+        ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", 255)
+        prior = class_pixel_prior(files, cfg.MODEL.HIERVL.NUM_CLASSES, ignore_label=ignore)
+        logger.info(
+            "Distribution alignment: class prior from %d labelled masks: %s",
+            len(files),
+            ", ".join(f"{p:.3f}" for p in prior.tolist()),
+        )
+        return prior.float()
+
+    @classmethod
     def step_kwargs(cls, cfg: CfgNode) -> Dict:
         """Keyword arguments of :attr:`step_class` read from ``cfg``."""
         clip = cfg.SOLVER.CLIP_GRADIENTS
@@ -493,6 +531,7 @@ class HierVLTrainer(DefaultTrainer):
             "pseudo_label_mode": cfg.SEMI.PSEUDO_LABEL_MODE,
             "conf_threshold": cfg.SEMI.CONF_THRESHOLD,
             "class_balanced_ratio": cfg.SEMI.CLASS_BALANCED_RATIO,
+            "class_prior": cls.class_prior(cfg) if cfg.SEMI.DISTRIBUTION_ALIGNMENT else None,
             "unsup_weight": cfg.SEMI.UNSUP_WEIGHT,
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,

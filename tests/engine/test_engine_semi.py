@@ -13,7 +13,12 @@ from hiervl.engine import (
     pseudo_labels_from_probs,
     sample_cutmix_masks,
 )
-from hiervl.engine.semi import class_balanced_thresholds
+from hiervl.engine.semi import (
+    align_distribution,
+    class_balanced_thresholds,
+    class_pixel_prior,
+    mean_class_probability,
+)
 
 
 class _WithBuffers(nn.Module):
@@ -88,6 +93,49 @@ def test_class_balanced_thresholds_keep_small_classes():
     assert off.tolist() == pytest.approx([0.8] * 3)
     with pytest.raises(ValueError):
         class_balanced_thresholds(labels, conf, None, num_classes=3, threshold=0.8, keep_ratio=2)
+
+
+def test_distribution_alignment_moves_over_predicted_mass_to_the_prior():
+    # a teacher biased to class 0: mean prediction (0.7, 0.2, 0.1) against a prior (0.4, 0.3, 0.3)
+    probs = torch.tensor([0.7, 0.2, 0.1])[None, :, None, None].expand(2, 3, 4, 4).clone()
+    prior = torch.tensor([0.4, 0.3, 0.3])
+    aligned = align_distribution(probs, prior)
+    torch.testing.assert_close(aligned.sum(1), torch.ones(2, 4, 4))
+    expected = torch.tensor([0.4, 0.3, 0.3])  # p * prior / mean, renormalised
+    torch.testing.assert_close(aligned[0, :, 0, 0], expected)
+    # the batch mean counts valid pixels only; padded ones do not bias it
+    probs[:, :, :, 2:] = torch.tensor([0.0, 0.0, 1.0])[None, :, None, None]
+    valid = torch.zeros(2, 4, 4, dtype=torch.bool)
+    valid[:, :, :2] = True
+    torch.testing.assert_close(mean_class_probability(probs, valid), torch.tensor([0.7, 0.2, 0.1]))
+    torch.testing.assert_close(align_distribution(probs, prior, valid)[0, :, 0, 0], expected)
+    # a prior equal to the batch mean changes nothing
+    torch.testing.assert_close(
+        align_distribution(probs, torch.tensor([0.7, 0.2, 0.1]), valid)[:, :, :, :2],
+        probs[:, :, :, :2],
+    )
+
+
+def test_class_pixel_prior_counts_labelled_pixels(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    a = np.full((4, 4), 255, dtype=np.uint8)
+    a[:2] = 0
+    a[2, :2] = 2
+    b = np.full((2, 2), 1, dtype=np.uint8)
+    files = []
+    for i, mask in enumerate((a, b)):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(mask).save(files[-1])
+    prior = class_pixel_prior(files, num_classes=3)
+    torch.testing.assert_close(prior, torch.tensor([8, 4, 2], dtype=torch.float64) / 14)
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        empty = str(tmp_path / "empty.png")
+        Image.fromarray(np.full((2, 2), 255, dtype=np.uint8)).save(empty)
+        class_pixel_prior([empty], num_classes=3)
+    with pytest.raises(ValueError, match="got none"):
+        class_pixel_prior([], num_classes=3)
 
 
 def test_cutmix_mixes_images_labels_and_masks_alike():

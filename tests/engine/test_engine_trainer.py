@@ -61,6 +61,18 @@ def test_semi_step_finite_losses(tmp_path):
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
 
 
+def test_semi_step_with_distribution_alignment(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.DISTRIBUTION_ALIGNMENT = True
+    prior = HierVLTrainer.class_prior(cfg)
+    assert prior.shape == (3,) and abs(float(prior.sum()) - 1.0) < 1e-6
+    trainer = _train(cfg)
+    torch.testing.assert_close(trainer._trainer.class_prior, prior)
+    latest = trainer.storage.latest()
+    for key in ("loss_ce_unsup", "semi/pseudo_kept_ratio"):
+        assert key in latest and torch.isfinite(torch.tensor(latest[key][0]))
+
+
 def test_supervised_only(tmp_path):
     cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
     cfg.SEMI.ENABLED = False
