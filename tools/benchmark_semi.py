@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--labeled", type=int, default=8, help="labelled budget of the demo split")
     parser.add_argument("--iters", type=int, default=300)
     parser.add_argument("--output", default="output/benchmark_semi")
+    parser.add_argument(
+        "--only",
+        choices=("supervised", "semi"),
+        help="run one of the two (e.g. to try semi-supervised settings against a known baseline)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config opts for both runs")
     args = parser.parse_args()
     setup_logger(name="hiervl")
@@ -61,19 +66,23 @@ def main() -> None:
         str(10 * args.iters),
         *args.opts,
     ]
-    sup = train_and_eval(
-        args.config_file,
-        common + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(args.output, "supervised")],
-    )
-    semi = train_and_eval(
-        args.config_file, common + ["OUTPUT_DIR", os.path.join(args.output, "semi")]
-    )
-    lines = [
-        f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}",
-        f"supervised-only  val mIoU: {sup['sem_seg']:.2f}",
-        f"semi-supervised  val mIoU: {semi['sem_seg']:.2f} (EMA teacher)"
-        + (f", {semi['student/sem_seg']:.2f} (student)" if "student/sem_seg" in semi else ""),
-    ]
+    lines = [f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}"]
+    if args.opts:
+        lines.append(f"extra opts: {' '.join(args.opts)}")
+    if args.only != "semi":
+        sup = train_and_eval(
+            args.config_file,
+            common + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(args.output, "supervised")],
+        )
+        lines.append(f"supervised-only  val mIoU: {sup['sem_seg']:.2f}")
+    if args.only != "supervised":
+        semi = train_and_eval(
+            args.config_file, common + ["OUTPUT_DIR", os.path.join(args.output, "semi")]
+        )
+        lines.append(
+            f"semi-supervised  val mIoU: {semi['sem_seg']:.2f} (EMA teacher)"
+            + (f", {semi['student/sem_seg']:.2f} (student)" if "student/sem_seg" in semi else "")
+        )
     report = "\n".join(lines)
     with open(os.path.join(args.output, "benchmark.txt"), "w") as f:
         f.write(report + "\n")
