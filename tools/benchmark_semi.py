@@ -13,30 +13,24 @@ import logging
 import os
 from typing import Dict, List
 
-from detectron2.config import get_cfg
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
-import hiervl.data  # noqa: F401  (registers the built-in datasets)
-import hiervl.hiervl_model  # noqa: F401  (registers the HierVL META_ARCH)
-from hiervl.config import add_hiervl_config
+from hiervl.config import load_config
 from hiervl.engine import HierVLTrainer
 
 logger = logging.getLogger("hiervl.benchmark_semi")
 
 
 def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
-    cfg = get_cfg()
-    add_hiervl_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(opts)
-    cfg.freeze()
+    cfg = load_config(config_file, opts)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(cfg.SEED)
     trainer = HierVLTrainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
-    results = trainer.evaluate()
+    # the evaluation hook evaluates once more after the last step; reuse its results
+    results = trainer._last_eval_results
     return {k: v["mIoU"] for k, v in results.items() if isinstance(v, dict) and "mIoU" in v}
 
 

@@ -1,4 +1,5 @@
-"""Pseudo-labels and CutMix: pure tensor functions of the semi-supervised step (METHOD §8)."""
+"""Pseudo-labels and CutMix: tensor functions of the semi-supervised step (METHOD §8), and the
+labelled class prior that distribution alignment reads once from the masks."""
 
 import math
 from typing import Iterable, Optional, Tuple, Union

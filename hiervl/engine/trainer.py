@@ -40,6 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
+from hiervl.utils.comm import all_reduce_mean
 
 from .checkpoint import AtomicCheckpointer, ModuleState, RNGStateHook
 from .data import ResumableLoader, build_resumable_loader
@@ -245,11 +246,8 @@ class SemiSupervisedStep(SimpleTrainer):
         with self.autocast():
             probs = self.teacher.semantic_probs(self.normalize(weak))
         if self.class_prior is not None:
-            batch_mean = mean_class_probability(probs, valid)
-            if comm.get_world_size() > 1:  # the same alignment in every process
-                batch_mean = batch_mean.contiguous()
-                dist.all_reduce(batch_mean)
-                batch_mean /= comm.get_world_size()
+            # the batch mean over every process: the same alignment everywhere
+            batch_mean = all_reduce_mean(mean_class_probability(probs, valid))
             probs = align_distribution(probs, self.class_prior, batch_mean=batch_mean)
         return pseudo_labels_from_probs(probs)
 

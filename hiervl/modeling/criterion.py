@@ -13,10 +13,11 @@ import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
+
+from hiervl.utils.comm import all_reduce_mean
 
 from .matcher import HungarianMatcher
 from .point_sampling import logit_uncertainty, point_sample, uncertain_point_coords
@@ -61,10 +62,7 @@ def _labelled_logit_uncertainty(points: torch.Tensor) -> torch.Tensor:
 
 def _reduced_count(count: float, device: torch.device) -> float:
     """Average a count over distributed workers (unchanged outside distributed training)."""
-    value = torch.tensor([count], dtype=torch.float32, device=device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(value)
-        value = value / dist.get_world_size()
+    value = all_reduce_mean(torch.tensor([count], dtype=torch.float32, device=device))
     return max(value.item(), 1.0)
 
 
