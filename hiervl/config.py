@@ -186,6 +186,9 @@ def add_hiervl_config(cfg: CN) -> None:
     semi.BLUR_PROB = 0.5
     # Iterations of supervised-only warm-up before unlabelled losses switch on.
     semi.UNSUP_START_ITER = 0
+    # Iterations over which the unlabelled losses' weight ramps up from 0 to UNSUP_WEIGHT after
+    # UNSUP_START_ITER (exp(-5 (1 - x)^2)); 0 = full weight at once.
+    semi.UNSUP_RAMPUP_ITERS = 0
     # Dataset mapper of the unlabelled loader (registry name; weak + strong views).
     semi.DATASET_MAPPER_NAME = "semantic_unlabeled"
 

@@ -18,6 +18,7 @@ __all__ = [
     "finalize_pseudo_labels",
     "sample_cutmix_masks",
     "mix_with_partner",
+    "unsup_rampup",
 ]
 
 
@@ -253,3 +254,14 @@ def mix_with_partner(x: torch.Tensor, masks: torch.Tensor, partner: torch.Tensor
     m = masks.to(x.device)
     m = m.view(m.shape[0], *([1] * (x.dim() - 3)), *m.shape[-2:])
     return torch.where(m, x[partner.to(x.device)], x)
+
+
+def unsup_rampup(step: int, length: int) -> float:
+    """Factor in ``[0, 1]`` of the unlabelled losses ``step`` iterations after they switch on:
+    ``exp(-5 (1 - x)^2)`` with ``x = clip(step / length, 0, 1)`` (Laine & Aila's ramp-up), 1
+    when ``length <= 0``. It keeps the first, worst pseudo-labels from pulling the student
+    away from what the labelled images taught it."""
+    if length <= 0:
+        return 1.0
+    x = min(max(step / length, 0.0), 1.0)
+    return math.exp(-5.0 * (1.0 - x) ** 2)

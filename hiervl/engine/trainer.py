@@ -55,6 +55,7 @@ from .semi import (
     mix_with_partner,
     pseudo_labels_from_probs,
     sample_cutmix_masks,
+    unsup_rampup,
 )
 
 __all__ = [
@@ -169,6 +170,7 @@ class SemiSupervisedStep(SimpleTrainer):
         class_prior: Optional[torch.Tensor] = None,
         unsup_weight: float,
         unsup_start_iter: int,
+        unsup_rampup_iters: int = 0,
         cutmix_prob: float,
         amp_dtype: Optional[torch.dtype],
         clip_gradients: Optional[Dict],
@@ -190,6 +192,8 @@ class SemiSupervisedStep(SimpleTrainer):
                 probabilities are aligned to it before pseudo-labelling (None = no alignment).
             unsup_weight: weight of the unlabelled loss.
             unsup_start_iter: first iteration with unlabelled losses.
+            unsup_rampup_iters: iterations over which that weight rises from 0 (Gaussian
+                ramp-up ``exp(-5 (1 - x)^2)`` from ``unsup_start_iter``; 0 = at once).
             cutmix_prob: probability of a CutMix box per unlabelled image.
             amp_dtype: autocast dtype, or None for full precision.
             clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
@@ -210,6 +214,7 @@ class SemiSupervisedStep(SimpleTrainer):
         self.class_prior = class_prior
         self.unsup_weight = unsup_weight
         self.unsup_start_iter = unsup_start_iter
+        self.unsup_rampup_iters = unsup_rampup_iters
         self.cutmix_prob = cutmix_prob
         self.amp_dtype = amp_dtype
         self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -230,6 +235,13 @@ class SemiSupervisedStep(SimpleTrainer):
             and self.unlabeled_loader is not None
             and self.unsup_weight > 0
             and self.iter >= self.unsup_start_iter
+        )
+
+    def current_unsup_weight(self) -> float:
+        """``SEMI.UNSUP_WEIGHT`` at this iteration, with the ramp-up of
+        ``SEMI.UNSUP_RAMPUP_ITERS`` (Laine & Aila's ``exp(-5 (1 - x)^2)``)."""
+        return self.unsup_weight * unsup_rampup(
+            self.iter - self.unsup_start_iter, self.unsup_rampup_iters
         )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -321,14 +333,15 @@ class SemiSupervisedStep(SimpleTrainer):
             inputs.append(item)
         return inputs
 
-    @staticmethod
-    def pseudo_label_stats(prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def pseudo_label_stats(self, prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        """Scalars of the step's pseudo-labels (and the unlabelled losses' weight)."""
         valid = ~prep["ignore"]
         conf = prep["conf"]
         return {
             "semi/pseudo_conf_mean": float(conf[valid].mean()) if valid.any() else 0.0,
             "semi/pseudo_kept_ratio": float((prep["targets"] != 255).float().mean()),
             "semi/cutmix_ratio": float(prep["cutmix"].float().mean()),
+            "semi/unsup_weight": self.current_unsup_weight(),
         }
 
     def compute_losses(
@@ -343,7 +356,7 @@ class SemiSupervisedStep(SimpleTrainer):
             )
             stats = self.pseudo_label_stats(prep)
         with self.autocast():
-            loss_dict = self.model(labeled, unlabeled, self.unsup_weight)
+            loss_dict = self.model(labeled, unlabeled, self.current_unsup_weight())
         return loss_dict, stats
 
     def check_finite(self, loss_dict: Dict[str, torch.Tensor]) -> None:
@@ -532,6 +545,7 @@ class HierVLTrainer(DefaultTrainer):
             "class_prior": cls.class_prior(cfg) if cfg.SEMI.DISTRIBUTION_ALIGNMENT else None,
             "unsup_weight": cfg.SEMI.UNSUP_WEIGHT,
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
+            "unsup_rampup_iters": cfg.SEMI.UNSUP_RAMPUP_ITERS,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
             "amp_dtype": amp_dtype,
             "clip_gradients": (

@@ -1,5 +1,7 @@
 """EMA math, pseudo-labels and CutMix on hand-made tensors."""
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -18,6 +20,7 @@ from hiervl.engine.semi import (
     class_balanced_thresholds,
     class_pixel_prior,
     mean_class_probability,
+    unsup_rampup,
 )
 
 
@@ -163,3 +166,13 @@ def test_sample_cutmix_masks_probability_and_box():
         ys, xs = torch.nonzero(m, as_tuple=True)
         # one solid rectangle
         assert m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1].all()
+
+
+def test_unsup_rampup_rises_from_zero_to_one():
+    assert unsup_rampup(5, 0) == 1.0 and unsup_rampup(-3, 0) == 1.0
+    assert unsup_rampup(0, 100) == pytest.approx(math.exp(-5.0))
+    assert unsup_rampup(-10, 100) == pytest.approx(math.exp(-5.0))  # before the start
+    assert unsup_rampup(50, 100) == pytest.approx(math.exp(-1.25))
+    assert unsup_rampup(100, 100) == 1.0 and unsup_rampup(1000, 100) == 1.0
+    values = [unsup_rampup(t, 100) for t in range(0, 101, 10)]
+    assert values == sorted(values)

@@ -1,5 +1,6 @@
 """HierVLTrainer on the toy model and data: semi step, resume equality, NaN stop, eval."""
 
+import math
 import os
 
 import pytest
@@ -59,6 +60,17 @@ def test_semi_step_finite_losses(tmp_path):
         assert torch.allclose(t, s), name
     assert os.path.isfile(tmp_path / "out" / "model_final.pth")
     assert not [f for f in os.listdir(tmp_path / "out") if ".tmp" in f]
+
+
+def test_unsup_weight_ramps_up_after_the_start(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=4)
+    cfg.SEMI.UNSUP_START_ITER = 1
+    cfg.SEMI.UNSUP_RAMPUP_ITERS = 2
+    cfg.SEMI.UNSUP_WEIGHT = 0.5
+    trainer = _train(cfg)
+    history = trainer.storage.history("semi/unsup_weight").values()
+    expected = [0.5 * math.exp(-5.0), 0.5 * math.exp(-1.25), 0.5]  # steps 1, 2, 3
+    assert [v for v, _ in history] == pytest.approx(expected)
 
 
 def test_semi_step_with_distribution_alignment(tmp_path):

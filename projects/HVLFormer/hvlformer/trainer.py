@@ -102,7 +102,7 @@ class HVLFormerStep(SemiSupervisedStep):
             "strong_class_weight": (~prep["cutmix"].flatten(1).any(1)).float(),
         }
         with self.autocast():
-            loss_dict = self.model(labeled, strong, self.unsup_weight, views)
+            loss_dict = self.model(labeled, strong, self.current_unsup_weight(), views)
         stats = self.pseudo_label_stats(prep)
         stats["semi/cmcr_valid_ratio"] = float(valid.float().mean())
         return loss_dict, stats
