@@ -3,10 +3,11 @@
 
 Both runs use the same few labelled images (``hiervl_demo_train_<n>_labeled``), the same
 config (configs/demo/hiervl_demo.yaml), seed and number of steps; the semi-supervised run adds
-the unlabelled rest of the training split (EMA teacher, pseudo-labels, CutMix). Prints the val
-mIoU of both (semi: teacher and student).
+the unlabelled rest of the training split (EMA teacher, pseudo-labels). Repeated for each of
+``--seeds``; prints the val mIoU of both per seed (semi: teacher and student), their mean and
+sample standard deviation, and the teacher's gain over supervised-only training.
 
-    OMP_NUM_THREADS=2 python tools/benchmark_semi.py --labeled 8 --iters 300 --output output/bench
+    OMP_NUM_THREADS=2 python tools/benchmark_semi.py --labeled 8 --iters 600 --seeds 0 1 2 3
 """
 import argparse
 import logging
@@ -34,11 +35,54 @@ def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
     return {k: v["mIoU"] for k, v in results.items() if isinstance(v, dict) and "mIoU" in v}
 
 
+def _mean_std(values: List[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
+    """Lines of the report: one per seed, then the mean ± sample std over seeds and how many
+    seeds put the semi-supervised teacher ahead of supervised-only training."""
+    columns = [("supervised", "supervised-only"), ("teacher", "semi teacher")]
+    columns.append(("student", "semi student"))
+    present = [(k, name) for k, name in columns if any(k in r for r in results.values())]
+    lines = ["seed  " + "  ".join(f"{name:>15s}" for _, name in present)]
+    for seed, r in results.items():
+        cells = [f"{r[k]:15.2f}" if k in r else f"{'-':>15s}" for k, _ in present]
+        lines.append(f"{seed:4d}  " + "  ".join(cells))
+    lines.append(
+        "mean  "
+        + "  ".join(
+            f"{_mean_std([r[k] for r in results.values() if k in r]):>15s}" for k, _ in present
+        )
+    )
+    paired = [r for r in results.values() if "supervised" in r and "teacher" in r]
+    if paired:
+        ahead = sum(r["teacher"] > r["supervised"] for r in paired)
+        gain = [r["teacher"] - r["supervised"] for r in paired]
+        lines.append(
+            f"semi teacher - supervised: {_mean_std(gain)} mIoU; ahead in {ahead} of "
+            f"{len(paired)} seeds"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="configs/demo/hiervl_demo.yaml")
     parser.add_argument("--labeled", type=int, default=8, help="labelled budget of the demo split")
     parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="SEED of each repetition (initialisation and data order); the report gives the "
+        "mean and spread over them: single runs of this tiny setting differ by several mIoU",
+    )
     parser.add_argument("--output", default="output/benchmark_semi")
     parser.add_argument(
         "--only",
@@ -60,27 +104,30 @@ def main() -> None:
         str(10 * args.iters),
         *args.opts,
     ]
-    lines = [f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}"]
+    header = [f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}"]
     if args.opts:
-        lines.append(f"extra opts: {' '.join(args.opts)}")
-    if args.only != "semi":
-        sup = train_and_eval(
-            args.config_file,
-            common + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(args.output, "supervised")],
-        )
-        lines.append(f"supervised-only  val mIoU: {sup['sem_seg']:.2f}")
-    if args.only != "supervised":
-        semi = train_and_eval(
-            args.config_file, common + ["OUTPUT_DIR", os.path.join(args.output, "semi")]
-        )
-        lines.append(
-            f"semi-supervised  val mIoU: {semi['sem_seg']:.2f} (EMA teacher)"
-            + (f", {semi['student/sem_seg']:.2f} (student)" if "student/sem_seg" in semi else "")
-        )
-    report = "\n".join(lines)
-    with open(os.path.join(args.output, "benchmark.txt"), "w") as f:
-        f.write(report + "\n")
-    logger.info("\n%s", report)
+        header.append(f"extra opts: {' '.join(args.opts)}")
+    results: Dict[int, Dict[str, float]] = {}
+    for seed in args.seeds:
+        out = os.path.join(args.output, f"seed{seed}")
+        run = common + ["SEED", str(seed)]
+        r = results.setdefault(seed, {})
+        if args.only != "semi":
+            sup = train_and_eval(
+                args.config_file,
+                run + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(out, "supervised")],
+            )
+            r["supervised"] = sup["sem_seg"]
+        if args.only != "supervised":
+            semi = train_and_eval(args.config_file, run + ["OUTPUT_DIR", os.path.join(out, "semi")])
+            r["teacher"] = semi["sem_seg"]
+            if "student/sem_seg" in semi:
+                r["student"] = semi["student/sem_seg"]
+        # the report so far, after every seed: a long run that is stopped still leaves one
+        report = "\n".join(header + ["val mIoU"] + summary(results))
+        with open(os.path.join(args.output, "benchmark.txt"), "w") as f:
+            f.write(report + "\n")
+        logger.info("\n%s", report)
     print(report)  # the script's result, on stdout
 
 
