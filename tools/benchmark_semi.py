@@ -12,6 +12,7 @@ sample standard deviation, and the teacher's gain over supervised-only training.
 import argparse
 import logging
 import os
+import statistics
 from typing import Dict, List
 
 from detectron2.utils.env import seed_all_rng
@@ -36,18 +37,20 @@ def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
 
 
 def _mean_std(values: List[float]) -> str:
-    mean = sum(values) / len(values)
+    """``mean ± sample std`` (the mean alone for one value)."""
     if len(values) < 2:
-        return f"{mean:.2f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.2f} ± {std:.2f}"
+        return f"{statistics.mean(values):.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
     """Lines of the report: one per seed, then the mean ± sample std over seeds and how many
     seeds put the semi-supervised teacher ahead of supervised-only training."""
-    columns = [("supervised", "supervised-only"), ("teacher", "semi teacher")]
-    columns.append(("student", "semi student"))
+    columns = [
+        ("supervised", "supervised-only"),
+        ("teacher", "semi teacher"),
+        ("student", "semi student"),
+    ]
     present = [(k, name) for k, name in columns if any(k in r for r in results.values())]
     lines = ["seed  " + "  ".join(f"{name:>15s}" for _, name in present)]
     for seed, r in results.items():
