@@ -175,6 +175,12 @@ def add_hiervl_config(cfg: CN) -> None:
     # split) / (mean predicted probability over the unlabelled batch) and renormalised, which
     # counters the drift of pseudo-labels toward the large classes.
     semi.DISTRIBUTION_ALIGNMENT = False
+    # Teacher's pseudo-labels from the mean of its predictions on the weak view and on its
+    # horizontal mirror (flipped back): steadier labels and confidences, one more no-grad pass.
+    semi.TEACHER_FLIP = False
+    # UniMatch-style feature perturbation: channel dropout with this probability on the
+    # student's image-encoder feature maps (not the global embedding) of the strong views.
+    semi.FEATURE_DROPOUT = 0.0
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
     # CutMix between unlabelled images.

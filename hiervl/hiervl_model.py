@@ -255,6 +255,7 @@ class HierVL(nn.Module):
         text: torch.Tensor,
         presence: Optional[torch.Tensor] = None,
         labeled: Optional[torch.Tensor] = None,
+        feature_dropout: float = 0.0,
     ) -> Tuple[Dict, Optional[Dict], torch.Tensor]:
         """Encoder -> HSQG -> pixel decoder -> decoder on padded, normalised images.
 
@@ -263,12 +264,20 @@ class HierVL(nn.Module):
             text: ``[C, Dt]`` class embeddings.
             presence: ``[B, C]`` bool ground-truth presence (used on labelled images).
             labeled: ``[B]`` bool; None = all unlabelled (predicted relevance).
+            feature_dropout: channel-dropout probability on the encoder's feature maps before
+                the pixel decoder (UniMatch's feature perturbation; the global embedding that
+                HSQG reads is left as it is).
 
         Returns:
             decoder outputs, the HSQG outputs (None without HSQG), and ``row_classes [K]``
             (class of each class row, -1 for instance rows).
         """
         features = self.image_encoder(images)
+        if feature_dropout > 0:
+            features = {
+                k: v if k == "global" else F.dropout2d(v, feature_dropout, training=True)
+                for k, v in features.items()
+            }
         hs = None
         queries = keep = None
         if self.hsqg is not None:
@@ -309,6 +318,8 @@ class HierVL(nn.Module):
         Args:
             batched_inputs: detectron2 dicts. Training: ``image`` uint8 ``[3,H,W]``, ``sem_seg``
                 long ``[H,W]`` (255 ignore), optional ``sem_seg_weight`` float ``[H,W]``,
+                optional ``feature_dropout`` float (the batch's largest is applied to every
+                image's encoder features),
                 optional ``labeled`` bool (default True; a batch without a labelled image
                 leaves out the image-independent prompt losses, Eq. 3-5, which its labelled
                 batch already counts). Inference: ``image`` and optional
@@ -359,7 +370,8 @@ class HierVL(nn.Module):
         has_pixels = torch.stack([(t["weight"] > 0).any() for t in targets])
 
         text = self.text_embeddings()
-        outputs, hs, row_classes = self._run(images, text, presence, labeled)
+        feature_dropout = max(float(x.get("feature_dropout", 0.0)) for x in batched_inputs)
+        outputs, hs, row_classes = self._run(images, text, presence, labeled, feature_dropout)
         losses = self.criterion(
             self._unknown_rows_detached(outputs, row_classes, presence, labeled),
             targets,

@@ -172,6 +172,26 @@ def test_unlabelled_rows_of_unknown_classes_get_no_class_gradient():
     assert has_grad.tolist() == [[True] * 5, [False, True, False, False, False]]
 
 
+def test_feature_dropout_perturbs_the_pixel_features_not_the_global_embedding(model):
+    """UniMatch-style feature perturbation of strong views (``feature_dropout`` inputs)."""
+    model.eval()  # no other dropout: the only difference is the perturbation
+    images = model._normalize(_inputs(labeled=(False,))[0]["image"])[None]
+    text = model.text_embeddings()
+    with torch.no_grad():
+        clean, hs_clean, _ = model._run(images, text)
+        again, _, _ = model._run(images, text)
+        perturbed, hs_perturbed, _ = model._run(images, text, feature_dropout=0.5)
+    torch.testing.assert_close(clean["pred_masks"], again["pred_masks"])
+    assert not torch.allclose(clean["pred_masks"], perturbed["pred_masks"])
+    torch.testing.assert_close(hs_clean["relevance_logits"], hs_perturbed["relevance_logits"])
+    # through the training forward's input dicts
+    inputs = _inputs(labeled=(False, False))
+    for x in inputs:
+        x["feature_dropout"] = 0.5
+    losses = _train_step(model, inputs)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
 def test_bad_inputs_give_finite_losses(model):
     inputs = _inputs(labeled=(True, True))
     inputs[0]["sem_seg"] = torch.full((64, 64), 255, dtype=torch.long)  # no labelled pixel

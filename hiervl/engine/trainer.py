@@ -171,6 +171,8 @@ class SemiSupervisedStep(SimpleTrainer):
         unsup_weight: float,
         unsup_start_iter: int,
         unsup_rampup_iters: int = 0,
+        teacher_flip: bool = False,
+        feature_dropout: float = 0.0,
         cutmix_prob: float,
         amp_dtype: Optional[torch.dtype],
         clip_gradients: Optional[Dict],
@@ -194,6 +196,9 @@ class SemiSupervisedStep(SimpleTrainer):
             unsup_start_iter: first iteration with unlabelled losses.
             unsup_rampup_iters: iterations over which that weight rises from 0 (Gaussian
                 ramp-up ``exp(-5 (1 - x)^2)`` from ``unsup_start_iter``; 0 = at once).
+            teacher_flip: average the teacher's predictions on the weak view and its mirror.
+            feature_dropout: channel-dropout probability on the student's encoder features of
+                the strong views (``feature_dropout`` of their input dicts; 0 = none).
             cutmix_prob: probability of a CutMix box per unlabelled image.
             amp_dtype: autocast dtype, or None for full precision.
             clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
@@ -215,6 +220,10 @@ class SemiSupervisedStep(SimpleTrainer):
         self.unsup_weight = unsup_weight
         self.unsup_start_iter = unsup_start_iter
         self.unsup_rampup_iters = unsup_rampup_iters
+        self.teacher_flip = teacher_flip
+        if not 0.0 <= feature_dropout < 1.0:
+            raise ValueError(f"SEMI.FEATURE_DROPOUT must be in [0, 1), got {feature_dropout}")
+        self.feature_dropout = feature_dropout
         self.cutmix_prob = cutmix_prob
         self.amp_dtype = amp_dtype
         self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -253,10 +262,14 @@ class SemiSupervisedStep(SimpleTrainer):
         self, weak: torch.Tensor, valid: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Teacher's labels and confidences ``[B, H, W]`` of weak views ``[B, 3, H, W]`` uint8
-        (with distribution alignment over the ``valid [B, H, W]`` pixels when a class prior
-        is set)."""
+        (averaged with its mirrored prediction with ``teacher_flip``; with distribution
+        alignment over the ``valid [B, H, W]`` pixels when a class prior is set)."""
+        images = self.normalize(weak)
         with self.autocast():
-            probs = self.teacher.semantic_probs(self.normalize(weak))
+            probs = self.teacher.semantic_probs(images)
+            if self.teacher_flip:
+                mirrored = self.teacher.semantic_probs(images.flip(-1)).flip(-1)
+                probs = 0.5 * (probs + mirrored)
         if self.class_prior is not None:
             # the batch mean over every process: the same alignment everywhere
             batch_mean = all_reduce_mean(mean_class_probability(probs, valid))
@@ -321,12 +334,16 @@ class SemiSupervisedStep(SimpleTrainer):
         images: torch.Tensor,
         targets: torch.Tensor,
         weights: Optional[torch.Tensor],
+        feature_dropout: float = 0.0,
     ) -> List[dict]:
         """Unlabelled training dicts (``labeled=False``) of images ``[B, 3, H, W]`` uint8 and
-        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given)."""
+        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given, and
+        ``feature_dropout`` when positive)."""
         inputs = []
         for i, d in enumerate(batch):
             item = {"image": images[i], "sem_seg": targets[i], "labeled": False}
+            if feature_dropout > 0:
+                item["feature_dropout"] = feature_dropout
             item.update({k: d[k] for k in ("height", "width", "file_name") if k in d})
             if weights is not None:
                 item["sem_seg_weight"] = weights[i]
@@ -352,7 +369,11 @@ class SemiSupervisedStep(SimpleTrainer):
         if unlabeled_batch is not None:
             prep = self.prepare_unlabeled(unlabeled_batch)
             unlabeled = self.student_inputs(
-                unlabeled_batch, prep["strong_mixed"], prep["targets"], prep["weights"]
+                unlabeled_batch,
+                prep["strong_mixed"],
+                prep["targets"],
+                prep["weights"],
+                self.feature_dropout,
             )
             stats = self.pseudo_label_stats(prep)
         with self.autocast():
@@ -546,6 +567,8 @@ class HierVLTrainer(DefaultTrainer):
             "unsup_weight": cfg.SEMI.UNSUP_WEIGHT,
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
             "unsup_rampup_iters": cfg.SEMI.UNSUP_RAMPUP_ITERS,
+            "teacher_flip": cfg.SEMI.TEACHER_FLIP,
+            "feature_dropout": cfg.SEMI.FEATURE_DROPOUT,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
             "amp_dtype": amp_dtype,
             "clip_gradients": (

@@ -85,6 +85,46 @@ def test_semi_step_with_distribution_alignment(tmp_path):
         assert key in latest and torch.isfinite(torch.tensor(latest[key][0]))
 
 
+def test_teacher_flip_averages_the_mirrored_prediction(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.TEACHER_FLIP = True
+    trainer = _train(cfg)
+    step = trainer._trainer
+    weak = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    labels, conf = step.teacher_predict(weak)
+    images = step.normalize(weak)
+    teacher = step.teacher
+    probs = teacher.semantic_probs(images)
+    mirrored = teacher.semantic_probs(images.flip(-1)).flip(-1)
+    assert not torch.allclose(probs, mirrored)  # the toy conv is not mirror-symmetric
+    expected_conf, expected_labels = (0.5 * (probs + mirrored)).max(1)
+    torch.testing.assert_close(conf, expected_conf)
+    assert torch.equal(labels, expected_labels)
+
+
+def test_feature_dropout_reaches_the_strong_views_only(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.FEATURE_DROPOUT = 0.5
+    trainer = _train(cfg)
+    step = trainer._trainer
+    seen = []
+    original = step.model.forward
+
+    def spy(labeled, unlabeled=None, *args, **kwargs):
+        seen.append((labeled, unlabeled))
+        return original(labeled, unlabeled, *args, **kwargs)
+
+    step.model.forward = spy
+    batch = step.unlabeled_loader.next()
+    step.compute_losses(step.labeled_loader.next(), batch)
+    labeled, unlabeled = seen[0]
+    assert all("feature_dropout" not in d for d in labeled)
+    assert [d["feature_dropout"] for d in unlabeled] == [0.5] * len(batch)
+    cfg.SEMI.FEATURE_DROPOUT = 1.0
+    with pytest.raises(ValueError, match="FEATURE_DROPOUT"):
+        HierVLTrainer(cfg)
+
+
 def test_supervised_only(tmp_path):
     cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
     cfg.SEMI.ENABLED = False

@@ -83,7 +83,11 @@ class HVLFormerStep(SemiSupervisedStep):
             return super().compute_losses(labeled, None)
         prep = self.prepare_unlabeled(unlabeled_batch)
         strong = self.student_inputs(
-            unlabeled_batch, prep["strong_mixed"], prep["targets"], prep["weights"]
+            unlabeled_batch,
+            prep["strong_mixed"],
+            prep["targets"],
+            prep["weights"],
+            self.feature_dropout,
         )
         targets, weights = finalize_pseudo_labels(
             prep["labels"],
