@@ -7,13 +7,18 @@ the unlabelled rest of the training split (EMA teacher, pseudo-labels). Repeated
 ``--seeds``; prints the val mIoU of both per seed (semi: teacher and student), their mean and
 sample standard deviation, and the teacher's gain over supervised-only training.
 
-    OMP_NUM_THREADS=2 python tools/benchmark_semi.py --labeled 8 --iters 600 --seeds 0 1 2 3
+    OMP_NUM_THREADS=1 python tools/benchmark_semi.py --labeled 8 --iters 600 --seeds 0 1 2 3 --jobs 2
+
+``--jobs N`` runs N seeds at once, each in its own process (give each one thread, as above:
+the results of a seed depend on its thread count, not on the seeds beside it).
 """
 import argparse
 import logging
+import multiprocessing
 import os
 import statistics
-from typing import Dict, List
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from typing import Dict, List, Optional
 
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
@@ -73,6 +78,30 @@ def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
     return lines
 
 
+def run_seed(
+    config_file: str, common: List[str], output: str, seed: int, only: Optional[str]
+) -> Dict[str, float]:
+    """Val mIoU of one seed: ``supervised`` and / or the semi run's ``teacher`` and
+    ``student``."""
+    setup_logger(name="hiervl")
+    setup_logger()
+    out = os.path.join(output, f"seed{seed}")
+    run = common + ["SEED", str(seed)]
+    r: Dict[str, float] = {}
+    if only != "semi":
+        sup = train_and_eval(
+            config_file,
+            run + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(out, "supervised")],
+        )
+        r["supervised"] = sup["sem_seg"]
+    if only != "supervised":
+        semi = train_and_eval(config_file, run + ["OUTPUT_DIR", os.path.join(out, "semi")])
+        r["teacher"] = semi["sem_seg"]
+        if "student/sem_seg" in semi:
+            r["student"] = semi["student/sem_seg"]
+    return r
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="configs/demo/hiervl_demo.yaml")
@@ -92,6 +121,12 @@ def main() -> None:
         choices=("supervised", "semi"),
         help="run one of the two (e.g. to try semi-supervised settings against a known baseline)",
     )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="seeds trained at once, one process each (set OMP_NUM_THREADS to cores / jobs)",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config opts for both runs")
     args = parser.parse_args()
     setup_logger(name="hiervl")
@@ -110,27 +145,32 @@ def main() -> None:
     header = [f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}"]
     if args.opts:
         header.append(f"extra opts: {' '.join(args.opts)}")
+    if args.jobs < 1:
+        parser.error("--jobs must be at least 1")
+    os.makedirs(args.output, exist_ok=True)
     results: Dict[int, Dict[str, float]] = {}
-    for seed in args.seeds:
-        out = os.path.join(args.output, f"seed{seed}")
-        run = common + ["SEED", str(seed)]
-        r = results.setdefault(seed, {})
-        if args.only != "semi":
-            sup = train_and_eval(
-                args.config_file,
-                run + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(out, "supervised")],
-            )
-            r["supervised"] = sup["sem_seg"]
-        if args.only != "supervised":
-            semi = train_and_eval(args.config_file, run + ["OUTPUT_DIR", os.path.join(out, "semi")])
-            r["teacher"] = semi["sem_seg"]
-            if "student/sem_seg" in semi:
-                r["student"] = semi["student/sem_seg"]
+
+    def record(seed: int, r: Dict[str, float]) -> str:
         # the report so far, after every seed: a long run that is stopped still leaves one
-        report = "\n".join(header + ["val mIoU"] + summary(results))
+        results[seed] = r
+        ordered = {s: results[s] for s in sorted(results)}
+        report = "\n".join(header + ["val mIoU"] + summary(ordered))
         with open(os.path.join(args.output, "benchmark.txt"), "w") as f:
             f.write(report + "\n")
         logger.info("\n%s", report)
+        return report
+
+    task = (args.config_file, common, args.output)
+    if args.jobs == 1:
+        for seed in args.seeds:
+            report = record(seed, run_seed(*task, seed, args.only))
+    else:
+        # fresh interpreters: a forked child would inherit the parent's torch thread pool
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_seed, *task, seed, args.only): seed for seed in args.seeds}
+            for future in as_completed(futures):
+                report = record(futures[future], future.result())
     print(report)  # the script's result, on stdout
 
 

@@ -1,6 +1,7 @@
 """tools/benchmark_train.py and tools/benchmark_eval.py: CPU smoke runs print every figure;
 the FLOP counter and MFU helpers give known counts."""
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -113,3 +114,21 @@ def test_peak_table_and_mfu():
     assert peak_tflops_for("some CPU") is None
     assert mfu(989e12 * 0.5, 1.0, 989.0) == pytest.approx(0.5)
     assert mfu(1e12, 1.0, None) is None
+
+
+def test_benchmark_semi_summary_orders_seeds_and_counts_gains():
+    spec = importlib.util.spec_from_file_location(
+        "benchmark_semi", os.path.join(REPO, "tools", "benchmark_semi.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    lines = tool.summary(
+        {
+            0: {"supervised": 50.0, "teacher": 53.0, "student": 52.0},
+            1: {"supervised": 60.0, "teacher": 59.0, "student": 61.0},
+        }
+    )
+    assert lines[0].split() == ["seed", "supervised-only", "semi", "teacher", "semi", "student"]
+    assert lines[1].split() == ["0", "50.00", "53.00", "52.00"]
+    assert lines[3].split()[:4] == ["mean", "55.00", "±", "7.07"]
+    assert lines[4] == "semi teacher - supervised: 1.00 ± 2.83 mIoU; ahead in 1 of 2 seeds"
