@@ -3,7 +3,8 @@
 One step:
     1. draw the rank's share of a labelled batch (``SOLVER.IMS_PER_BATCH`` global) and, when the
        unlabelled losses are on, of an unlabelled batch (``SEMI.IMS_PER_BATCH_UNLABELED``);
-    2. the teacher predicts the weak views (``semantic_probs``, no grad), aligned to the
+    2. the teacher predicts the weak views (``semantic_probs``, no grad; averaged with its
+       prediction on the mirrored views with ``SEMI.TEACHER_FLIP``), aligned to the
        labelled class prior with ``SEMI.DISTRIBUTION_ALIGNMENT``: argmax labels and
        confidences; padded pixels are ignored;
     3. CutMix (``SEMI.CUTMIX_PROB``): each strong view takes a box from its partner in the batch
@@ -13,7 +14,8 @@ One step:
        batch keeps its most confident pixels, so small classes are not learnt as absent);
        ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``);
     5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × its
-       loss on the mixed strong views (``labeled=False``), one forward of
+       loss on the mixed strong views (``labeled=False``; with ``SEMI.FEATURE_DROPOUT``, channel
+       dropout on their encoder features), one forward of
        :class:`SemiSupervisedObjective` so that DDP sees one forward per backward;
     6. a non-finite loss term stops training with its name; backward (with a GradScaler for
        fp16 autocast), gradient clipping, optimiser step;
