@@ -352,6 +352,14 @@ class SemiSupervisedStep(SimpleTrainer):
             inputs.append(item)
         return inputs
 
+    def strong_inputs(self, batch: List[dict], prep: Dict[str, torch.Tensor]) -> List[dict]:
+        """The student's unlabelled inputs of a step: the mixed strong views of
+        :meth:`prepare_unlabeled` with their targets, feature-perturbed with
+        ``SEMI.FEATURE_DROPOUT``."""
+        return self.student_inputs(
+            batch, prep["strong_mixed"], prep["targets"], prep["weights"], self.feature_dropout
+        )
+
     def pseudo_label_stats(self, prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
         """Scalars of the step's pseudo-labels (and the unlabelled losses' weight)."""
         valid = ~prep["ignore"]
@@ -370,13 +378,7 @@ class SemiSupervisedStep(SimpleTrainer):
         unlabeled, stats = (None, {})
         if unlabeled_batch is not None:
             prep = self.prepare_unlabeled(unlabeled_batch)
-            unlabeled = self.student_inputs(
-                unlabeled_batch,
-                prep["strong_mixed"],
-                prep["targets"],
-                prep["weights"],
-                self.feature_dropout,
-            )
+            unlabeled = self.strong_inputs(unlabeled_batch, prep)
             stats = self.pseudo_label_stats(prep)
         with self.autocast():
             loss_dict = self.model(labeled, unlabeled, self.current_unsup_weight())

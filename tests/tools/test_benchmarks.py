@@ -116,7 +116,7 @@ def test_peak_table_and_mfu():
     assert mfu(1e12, 1.0, None) is None
 
 
-def test_benchmark_semi_summary_orders_seeds_and_counts_gains():
+def test_benchmark_semi_summary_lists_seeds_and_counts_gains():
     spec = importlib.util.spec_from_file_location(
         "benchmark_semi", os.path.join(REPO, "tools", "benchmark_semi.py")
     )

@@ -82,13 +82,7 @@ class HVLFormerStep(SemiSupervisedStep):
         if unlabeled_batch is None:
             return super().compute_losses(labeled, None)
         prep = self.prepare_unlabeled(unlabeled_batch)
-        strong = self.student_inputs(
-            unlabeled_batch,
-            prep["strong_mixed"],
-            prep["targets"],
-            prep["weights"],
-            self.feature_dropout,
-        )
+        strong = self.strong_inputs(unlabeled_batch, prep)
         targets, weights = finalize_pseudo_labels(
             prep["labels"],
             prep["conf"],
