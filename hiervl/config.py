@@ -31,6 +31,11 @@ def add_hiervl_config(cfg: CN) -> None:
     clip.MODEL_NAME = "ViT-B-16"
     # open_clip pretrained tag ("openai"), a local checkpoint path, or "" for random init.
     clip.PRETRAINED = "openai"
+    # Activation of CLIP's transformer blocks, a string: "auto" = what the weights were trained
+    # with (a tag: open_clip's pretrained config, e.g. QuickGELU for "openai"; a local file:
+    # QuickGELU for OpenAI's TorchScript archive, else the model config's default), "true" =
+    # QuickGELU, "false" = GELU. Quote it in YAML (QUICK_GELU: "true").
+    clip.QUICK_GELU = "auto"
     # Image size the ViT's position embedding is built for (open_clip force_image_size).
     clip.IMAGE_SIZE = 512
     # ViT blocks (0-based) whose outputs become the stride 4 / 8 / 16 / 32 pixel features.
