@@ -85,7 +85,7 @@ def test_local_openai_archive_builds_quick_gelu_and_loads(tmp_path):
         assert torch.equal(got[key], value), key
 
 
-def test_quick_gelu_choices(tmp_path, caplog):
+def test_quick_gelu_choices(tmp_path):
     # Random init and state dicts keep the model config's default unless told.
     assert _activations(build_open_clip(TINY, "", 64)) == {nn.GELU}
     assert _activations(build_open_clip(TINY, "", 64, quick_gelu=True)) == {QuickGELU}
