@@ -31,11 +31,17 @@ def add_hiervl_config(cfg: CN) -> None:
     clip.MODEL_NAME = "ViT-B-16"
     # open_clip pretrained tag ("openai"), a local checkpoint path, or "" for random init.
     clip.PRETRAINED = "openai"
+    # Activation of CLIP's transformer blocks, a string: "auto" = what the weights were trained
+    # with (a tag: open_clip's pretrained config, e.g. QuickGELU for "openai"; a local file:
+    # QuickGELU for OpenAI's TorchScript archive, else the model config's default), "true" =
+    # QuickGELU, "false" = GELU. Quote it in YAML (QUICK_GELU: "true").
+    clip.QUICK_GELU = "auto"
     # Image size the ViT's position embedding is built for (open_clip force_image_size).
     clip.IMAGE_SIZE = 512
     # ViT blocks (0-based) whose outputs become the stride 4 / 8 / 16 / 32 pixel features.
     clip.FEATURE_LAYERS = [3, 5, 7, 11]
-    # Learning-rate multiplier of the fine-tuned image encoder (VOC 0.01, COCO/ADE 0.001, CS 0.1).
+    # Learning-rate multiplier of the pretrained CLIP visual tower (not of the layers added to it)
+    # over BASE_LR (VOC 0.01, COCO/ADE 0.001, CS 0.1).
     clip.BACKBONE_MULTIPLIER = 0.01
     # Number of learnable prompt tokens p_1..p_M put in front of every class name (CoOp style).
     clip.PROMPT_LENGTH = 8
@@ -223,7 +229,9 @@ def add_hiervl_config(cfg: CN) -> None:
 
     # ---- Solver -------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
-    # Learning-rate multiplier of the decoder heads over BASE_LR.
+    # Learning-rate multiplier over BASE_LR of every trainable parameter that is not pretrained
+    # (decoders, the image encoder's feature pyramid, prompts, projections); the pretrained CLIP
+    # tower gets MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER instead.
     cfg.SOLVER.HEAD_MULTIPLIER = 10.0
     # No weight decay on embeddings (prompt tokens, queries, position embeddings).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

@@ -51,7 +51,6 @@ def build_param_groups(
     weight_decay: float,
     backbone_prefixes: Sequence[str],
     backbone_multiplier: float,
-    head_prefixes: Sequence[str],
     head_multiplier: float,
     weight_decay_norm: float,
     weight_decay_bias: float,
@@ -59,10 +58,12 @@ def build_param_groups(
 ) -> List[Dict]:
     """Parameter groups of AdamW: one group per trainable parameter.
 
-    Learning rate: parameters under ``backbone_prefixes`` (module names, e.g. the CLIP image
-    encoder) get ``base_lr · backbone_multiplier``; under ``head_prefixes`` (pixel decoder,
-    query generator, transformer decoder) ``base_lr · head_multiplier``; the rest (prompt
-    tokens, relevance scalars, projections) ``base_lr``. Weight decay: ``weight_decay_norm``
+    Learning rate: parameters under ``backbone_prefixes`` (module names: the pretrained CLIP
+    tower, e.g. ``image_encoder.visual``) get ``base_lr · backbone_multiplier``; every other
+    trainable parameter (layers added to the tower such as the feature pyramid, the pixel
+    decoder, query generator, transformer decoder, prompt tokens, projections) gets
+    ``base_lr · head_multiplier``: only pretrained weights are fine-tuned slowly. Weight decay:
+    ``weight_decay_norm``
     for parameters of normalisation layers, ``weight_decay_embed`` for ``nn.Embedding`` and
     free-standing parameters (not of a Linear / conv) named like :data:`EMBED_NAME_PATTERN`,
     ``weight_decay_bias`` for biases, ``weight_decay`` otherwise. Frozen parameters
@@ -79,10 +80,9 @@ def build_param_groups(
                 continue
             seen.add(id(param))
             full = f"{module_name}.{param_name}" if module_name else param_name
-            lr = base_lr
             if _matches(full, backbone_prefixes):
                 lr = base_lr * backbone_multiplier
-            elif _matches(full, head_prefixes):
+            else:
                 lr = base_lr * head_multiplier
             if isinstance(module, NORM_TYPES):
                 wd = weight_decay_norm
@@ -103,9 +103,12 @@ def build_hiervl_optimizer(
     model: nn.Module,
     *,
     backbone_prefixes: Sequence[str],
-    head_prefixes: Sequence[str],
 ) -> torch.optim.Optimizer:
-    """AdamW (``SOLVER.OPTIMIZER`` "ADAMW") or SGD over :func:`build_param_groups`."""
+    """AdamW (``SOLVER.OPTIMIZER`` "ADAMW") or SGD over :func:`build_param_groups`.
+
+    ``backbone_prefixes``: module names of the pretrained weights (``BACKBONE_MULTIPLIER``);
+    every other trainable parameter gets ``SOLVER.HEAD_MULTIPLIER``.
+    """
     weight_decay_bias = cfg.SOLVER.WEIGHT_DECAY_BIAS
     groups = build_param_groups(
         model,
@@ -113,7 +116,6 @@ def build_hiervl_optimizer(
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         backbone_prefixes=backbone_prefixes,
         backbone_multiplier=cfg.MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER,
-        head_prefixes=head_prefixes,
         head_multiplier=cfg.SOLVER.HEAD_MULTIPLIER,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         weight_decay_bias=(

@@ -62,7 +62,6 @@ from .semi import (
 
 __all__ = [
     "BACKBONE_MODULES",
-    "HEAD_MODULES",
     "SemiSupervisedObjective",
     "SemiSupervisedStep",
     "HierVLTrainer",
@@ -72,12 +71,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Attributes of the HierVL META_ARCH whose parameters get BACKBONE_MULTIPLIER (CLIP image encoder)
-BACKBONE_MODULES = ("image_encoder",)
-# and HEAD_MULTIPLIER: the pixel decoder with CMSAM, the query generator (HSQG, its relevance
-# scalars included) and the dual-query transformer decoder with its mask / class heads. The rest
-# (text encoder's learnable prompts, criterion and anchor-regulariser projections) uses BASE_LR.
-HEAD_MODULES = ("pixel_decoder", "hsqg", "decoder")
+# Modules of the HierVL META_ARCH whose parameters get BACKBONE_MULTIPLIER: the pretrained CLIP
+# visual tower only. Every other trainable parameter, the feature pyramid added inside the image
+# encoder included, gets SOLVER.HEAD_MULTIPLIER (build_param_groups).
+BACKBONE_MODULES = ("image_encoder.visual",)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -495,9 +492,7 @@ class HierVLTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-        return build_hiervl_optimizer(
-            cfg, model, backbone_prefixes=BACKBONE_MODULES, head_prefixes=HEAD_MODULES
-        )
+        return build_hiervl_optimizer(cfg, model, backbone_prefixes=BACKBONE_MODULES)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):

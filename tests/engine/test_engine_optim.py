@@ -26,7 +26,6 @@ def test_param_groups_lr_and_decay():
         weight_decay=0.1,
         backbone_prefixes=("image_encoder",),
         backbone_multiplier=0.01,
-        head_prefixes=("decoder",),
         head_multiplier=10.0,
         weight_decay_norm=0.0,
         weight_decay_bias=0.0,
@@ -42,8 +41,39 @@ def test_param_groups_lr_and_decay():
     assert by_name["decoder.query_feat.weight"]["weight_decay"] == 0.0  # embedding
     assert by_name["decoder.query_feat.weight"]["lr"] == pytest.approx(10.0)
     assert by_name["decoder.class_embed.weight"]["weight_decay"] == 0.1  # a classifier
-    assert by_name["prompts"]["lr"] == pytest.approx(1.0)
+    assert by_name["prompts"]["lr"] == pytest.approx(10.0)  # not pretrained: the head lr
     assert by_name["prompts"]["weight_decay"] == 0.0
+
+
+def test_real_hiervl_only_pretrained_clip_gets_backbone_multiplier():
+    """Every trainable parameter of the tiny HierVL and its lr: exactly the pretrained CLIP
+    visual tower is fine-tuned at BACKBONE_MULTIPLIER; the feature pyramid inside the image
+    encoder (new layers feeding the pixel decoder) and everything else train at the head lr."""
+    from detectron2.modeling import build_model
+
+    from hiervl.engine import HierVLTrainer
+    from hiervl.utils.testing import tiny_config
+
+    cfg = tiny_config(MODEL__HIERVL__CLIP__BACKBONE_MULTIPLIER=0.01)
+    base, head = cfg.SOLVER.BASE_LR, cfg.SOLVER.BASE_LR * cfg.SOLVER.HEAD_MULTIPLIER
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    optimizer = HierVLTrainer.build_optimizer(cfg, model)
+    lr_of = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert set(lr_of) == trainable
+    # The pretrained weights: the parameters the open_clip model holds in its visual tower.
+    pretrained = {
+        f"image_encoder.visual.{n}" for n, _ in model.image_encoder.visual.named_parameters()
+    }
+    slow = {n for n, lr in lr_of.items() if lr == pytest.approx(base * 0.01)}
+    assert slow == pretrained
+    assert all(lr_of[n] == pytest.approx(head) for n in trainable - pretrained)
+    assert any(n.startswith("image_encoder.pyramid.") for n in trainable - pretrained)
+    # Frozen CLIP parts (text tower, the frozen copy of Eq. 6) are not optimised at all.
+    assert not any(
+        n.startswith(("text_encoder.tower.", "image_encoder.frozen_visual.")) for n in lr_of
+    )
 
 
 def test_poly_schedule_with_warmup():

@@ -150,17 +150,26 @@ def test_vit_b16_512_forward():
 
 def test_pretrained_tag_goes_to_open_clip(monkeypatch):
     import open_clip
+    from torch import nn
+
+    from hiervl.modeling.clip import factory
 
     calls = []
 
-    def fake_create_model(name, pretrained=None, force_image_size=None):
-        calls.append((name, pretrained, force_image_size))
-        return "model"
+    def fake_create_model(name, pretrained=None, force_image_size=None, **kwargs):
+        calls.append((name, pretrained, force_image_size, kwargs))
+        return nn.Identity()
 
     monkeypatch.setattr(open_clip, "create_model", fake_create_model)
-    assert build_open_clip("ViT-B-16", "openai", 512) == "model"
-    assert build_open_clip("ViT-B-16", "", 512) == "model"
-    assert calls == [("ViT-B-16", "openai", 512), ("ViT-B-16", None, 512)]
+    monkeypatch.setattr(factory, "_cached_weights", lambda cfg: "/cache/weights.bin")
+    build_open_clip("ViT-B-16", "openai", 512)
+    build_open_clip("ViT-B-16", "", 512)
+    # OpenAI's weights were trained with QuickGELU (open_clip's pretrained config of the tag
+    # says so); open_clip's ViT-B-16 config alone builds nn.GELU. Random init keeps the config.
+    assert calls == [
+        ("ViT-B-16", "openai", 512, {"force_quick_gelu": True, "weights_only": True}),
+        ("ViT-B-16", None, 512, {"quick_gelu": False, "weights_only": True}),
+    ]
 
 
 def test_shared_clip_model_between_encoders(tiny_clip):

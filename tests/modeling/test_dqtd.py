@@ -72,6 +72,63 @@ def test_masked_rows_do_not_influence_kept_rows():
     assert torch.equal(out1["keep"][:, : C * E], keep)
 
 
+def _predictions(out):
+    """The input rows' prediction, then one per layer (the last one is the main output)."""
+    return out["aux_outputs"] + [{k: out[k] for k in ("pred_logits", "pred_masks")}]
+
+
+def test_masked_attention_follows_the_previous_mask():
+    # One instance row and no class rows: self-attention has nothing to mix in, so the row's
+    # output after layer 1 depends only on the stride-32 keys its cross-attention may see.
+    dec = _decoder(num_class_rows=0, num_instance=1, layers=1)
+    height, width = 64, 128  # stride-32 grid 2 x 4: columns 0-1 are the left half
+    torch.manual_seed(2)
+    feats = [torch.randn(B, CIN, height // s, width // s) for s in (32, 16, 8)]
+    with torch.no_grad():
+        kernel = dec.mask_embed(dec.decoder_norm(dec.query_feat.weight))[0]  # [Dm]
+    for region_is_left in (True, False):
+        # P = ±kernel: the input row's mask logit is +3 on its region and -3 elsewhere.
+        sign = -torch.ones(height // 4, width // 4)
+        sign[:, : width // 8] = 1.0
+        if not region_is_left:
+            sign = -sign
+        mask_features = (kernel[:, None, None] * sign * 3 / kernel.pow(2).sum())[None].repeat(
+            B, 1, 1, 1
+        )
+        out = dec(feats, mask_features)
+        assert bool(((out["aux_outputs"][0]["pred_masks"] > 0) == (sign > 0)).all())
+        inside, outside = [f.clone() for f in feats], [f.clone() for f in feats]
+        left, right = (slice(0, 2), slice(2, 4))
+        region, rest = (left, right) if region_is_left else (right, left)
+        inside[0][..., region] += 5 * torch.randn_like(inside[0][..., region])
+        outside[0][..., rest] += 5 * torch.randn_like(outside[0][..., rest])
+        same = dec(outside, mask_features)
+        torch.testing.assert_close(same["pred_logits"], out["pred_logits"])
+        torch.testing.assert_close(same["pred_masks"], out["pred_masks"])
+        moved = dec(inside, mask_features)
+        assert not torch.allclose(moved["pred_logits"], out["pred_logits"], atol=1e-4)
+
+
+def test_layers_read_the_levels_round_robin_32_16_8():
+    dec = _decoder(layers=4)
+    feats, mask_features, queries = _inputs()  # 64 x 96: grids 2x3, 4x6, 8x12 (strides 32/16/8)
+    keys = []
+    for layer in dec.layers:
+        layer.cross_attn.register_forward_hook(lambda m, args, out: keys.append(args[1].shape[1]))
+    out = dec(feats, mask_features, queries)
+    assert keys == [2 * 3, 4 * 6, 8 * 12, 2 * 3]
+    # ... and a change of one level reaches the predictions first after the layer that reads it.
+    base = _predictions(out)
+    for level, first_layer in ((0, 0), (1, 1), (2, 2)):
+        changed = [f.clone() for f in feats]
+        changed[level] += torch.randn_like(changed[level])
+        preds = _predictions(dec(changed, mask_features, queries))
+        for i, (p, q) in enumerate(zip(base, preds)):
+            # predictions[i + 1] is the output of layer i
+            same = torch.allclose(p["pred_logits"], q["pred_logits"])
+            assert same == (i <= first_layer), (level, i)
+
+
 def test_all_class_rows_masked_without_instance_rows_is_finite():
     dec = _decoder(num_instance=0, layers=2)
     feats, mask_features, queries = _inputs()

@@ -15,9 +15,37 @@ from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 from .palette import bit_palette
 from .semi_splits import SemiDatasetSpec
 
-__all__ = ["ADE20K_CLASSES", "ADE20K_SPEC", "ade20k_reduce_zero_label"]
+__all__ = ["ADE20K_CLASSES", "ADE20K_SPEC", "ADE20K_SYNONYMS", "ade20k_reduce_zero_label"]
 
-ADE20K_CLASSES = tuple(ADE20K_SEM_SEG_CATEGORIES)
+# detectron2's names: comma-joined synonym lists ("escalator, moving staircase, moving
+# stairway"), one with a trailing space ("window "). Kept for reference, index = train id.
+ADE20K_SYNONYMS = tuple(ADE20K_SEM_SEG_CATEGORIES)
+# One natural English name per class (index = train id): what the text encoder reads and the
+# metadata's stuff_classes (tables, visualisations). Each is one of the class's synonyms in
+# ADE20K's objectInfo150 (detectron2 cut some lists short: "pot" is "pot, flowerpot"), the most
+# common and visual one, distinct from the others (screen door / window blind / projection
+# screen / crt screen / monitor / television).
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "window", "grass",
+    "cabinet", "sidewalk", "person", "ground", "door", "table", "mountain", "plant", "curtain",
+    "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror", "rug",
+    "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "pedestal", "box", "pillar", "sign", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "display case", "pool table", "pillow", "screen door", "staircase", "river",
+    "bridge", "bookcase", "window blind", "coffee table", "toilet", "flower", "book", "hill",
+    "bench", "countertop", "stove", "palm tree", "kitchen island", "computer", "swivel chair",
+    "boat", "bar", "arcade machine", "hut", "bus", "towel", "light", "truck", "tower",
+    "chandelier", "awning", "street lamp", "booth", "television", "airplane", "dirt track",
+    "clothes", "pole", "land", "banister", "escalator", "ottoman", "bottle", "sideboard",
+    "poster", "stage", "van", "ship", "fountain", "conveyor belt", "canopy", "washing machine",
+    "toy", "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "motorbike",
+    "cradle", "oven", "ball", "food", "step", "storage tank", "brand name", "microwave",
+    "flower pot", "animal", "bicycle", "lake", "dishwasher", "projection screen", "blanket",
+    "sculpture", "exhaust hood", "sconce", "vase", "traffic light", "tray", "trash can", "fan",
+    "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "drinking glass", "clock", "flag",
+)  # fmt: skip
 ADE20K_COLORS = tuple(bit_palette(len(ADE20K_CLASSES) + 1)[1:])
 
 

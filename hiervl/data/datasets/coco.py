@@ -18,7 +18,19 @@ from .semi_splits import SemiDatasetSpec
 __all__ = ["COCO_CLASSES", "COCO_SPEC", "coco_category_to_train_id", "coco_image_mask"]
 
 _THINGS = sorted((c for c in COCO_CATEGORIES if c["isthing"]), key=lambda c: c["id"])
-COCO_CLASSES = ("background",) + tuple(c["name"] for c in _THINGS)
+# COCO's names that read badly as CLIP text ("a photo of a tv.", "a photo of a sports ball.")
+# → natural English; every other class keeps COCO's name.
+_CLIP_NAMES = {
+    "sports ball": "ball",
+    "tie": "necktie",
+    "tv": "television",
+    "mouse": "computer mouse",
+    "remote": "remote control",
+    "hair drier": "hair dryer",
+}
+# Class 0 is every pixel of no thing class (stuff included), as the preparation draws it; then
+# the 80 thing classes in category-id order. What the text encoder reads (stuff_classes).
+COCO_CLASSES = ("background",) + tuple(_CLIP_NAMES.get(c["name"], c["name"]) for c in _THINGS)
 COCO_COLORS = ((0, 0, 0),) + tuple(tuple(c["color"]) for c in _THINGS)
 
 

@@ -246,6 +246,32 @@ class PromptTextEncoder(nn.Module):
             self._token_cache[key] = self.tokenizer(list(texts), context_length=context)
         return self._token_cache[key].to(device)
 
+    def prompt_texts(
+        self,
+        class_names: Sequence[str],
+        class_descriptions: Descriptions = None,
+        *,
+        prompted: bool = True,
+    ) -> List[List[str]]:
+        """The texts the tower reads for each class (its name, then its descriptions).
+
+        Args:
+            class_names / class_descriptions: as in ``forward``.
+            prompted: the texts of ``t̂`` (``"name."``, after the learnable prompts) or, when
+                False, of ``t⁰`` (``template`` filled with the name).
+
+        Returns:
+            per class, its texts in order: ``C`` lists of strings.
+        """
+        names = [str(n) for n in class_names]
+        if not names:
+            raise ValueError("PromptTextEncoder needs at least one class name")
+        out = []
+        for name, descs in zip(names, self._variants(names, class_descriptions)):
+            first = _as_sentence(name) if prompted else self.template.format(name)
+            out.append([first] + [_as_sentence(d) for d in descs])
+        return out
+
     def _encode(
         self,
         class_names: Sequence[str],
@@ -253,15 +279,12 @@ class PromptTextEncoder(nn.Module):
         prompted: bool,
     ) -> torch.Tensor:
         names = [str(n) for n in class_names]
-        if not names:
-            raise ValueError("PromptTextEncoder needs at least one class name")
         texts: List[str] = []
         owner: List[int] = []
-        for c, (name, descs) in enumerate(zip(names, self._variants(names, class_descriptions))):
-            first = _as_sentence(name) if prompted else self.template.format(name)
-            for text in [first] + [_as_sentence(d) for d in descs]:
-                texts.append(text)
-                owner.append(c)
+        per_class = self.prompt_texts(names, class_descriptions, prompted=prompted)
+        for c, class_texts in enumerate(per_class):
+            texts += class_texts
+            owner += [c] * len(class_texts)
         device = self.tower.positional_embedding.device
         context = self.tower.context_length - (self.prompt_length if prompted else 0)
         tokens = self._tokens(tuple(texts), context, device)
