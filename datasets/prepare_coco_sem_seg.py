@@ -3,6 +3,10 @@
 
 Overlaps: larger instances are painted first, so smaller ones stay on top (ties by annotation
 id) — deterministic. Usage: python datasets/prepare_coco_sem_seg.py [--datasets-dir DIR]
+[--splits val2017]
+
+Each split is converted when its ``annotations/instances_<split>.json`` is present; a missing
+one is named in a warning (``--splits``: named splits must be present).
 """
 import argparse
 import contextlib
@@ -15,23 +19,30 @@ from pycocotools.coco import COCO
 from tqdm import tqdm
 
 from hiervl.data.datasets.coco import coco_category_to_train_id, coco_image_mask
+from hiervl.data.datasets.preparation import add_splits_argument, select_splits
 from hiervl.data.datasets.semseg import datasets_root
 
 logger = logging.getLogger("prepare_coco_sem_seg")
+
+SPLITS = ("train2017", "val2017")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets-dir", type=Path, default=datasets_root())
-    parser.add_argument("--splits", nargs="+", default=["train2017", "val2017"])
+    add_splits_argument(parser, SPLITS)
     args = parser.parse_args(argv)
     root = args.datasets_dir / "coco"
+    ann_files = {split: root / "annotations" / f"instances_{split}.json" for split in SPLITS}
+    missing = {
+        s: None if f.is_file() else f"{f} not found (COCO 2017 annotations)"
+        for s, f in ann_files.items()
+    }
+    splits = select_splits(missing, args.splits, dataset="COCO")
     out = root / "masks"
     out.mkdir(parents=True, exist_ok=True)
-    for split in args.splits:
-        ann_file = root / "annotations" / f"instances_{split}.json"
-        if not ann_file.is_file():
-            raise FileNotFoundError(f"{ann_file} not found (COCO 2017 annotations)")
+    for split in splits:
+        ann_file = ann_files[split]
         with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
             coco = COCO(str(ann_file))
         cat_to_train = coco_category_to_train_id(sorted(coco.cats))

@@ -11,8 +11,9 @@ One PNG per input is written to ``--output`` (``<input stem>.png``), of the inpu
 ``--show-gt`` it is ``[prediction | ground truth]``, twice the input's width, the ground truth
 taken from ``--dataset`` (the right panel is the plain image for inputs not in that split).
 The weights are the EMA teacher's when the checkpoint holds a teacher (unless
-``MODEL.HIERVL.TEST.USE_TEACHER False``). Unreadable inputs are reported by name and skipped;
-the exit status is then 1.
+``MODEL.HIERVL.TEST.USE_TEACHER False``). Inputs of any size >= 1 px are drawn. Unreadable inputs
+(and, with ``--show-gt``, an unreadable mask or a mask of another size) are reported by name and
+skipped; the exit status is then 1.
 """
 
 import argparse
@@ -25,7 +26,6 @@ from typing import List, Optional, Sequence
 import numpy as np
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.utils.logger import setup_logger
 from PIL import Image
 from tqdm import tqdm
@@ -36,6 +36,7 @@ from predictor import VisualizationDemo  # noqa: E402
 import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
 from hiervl.config import load_config  # noqa: E402
+from hiervl.data.image_io import read_image  # noqa: E402
 from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask  # noqa: E402
 from hiervl.evaluation.visualization import (  # noqa: E402
     default_dataset,
@@ -125,6 +126,26 @@ def output_names(paths: Sequence[str]) -> List[str]:
     return names
 
 
+def ground_truth(path: str, dataset: str, image_hw) -> Optional[np.ndarray]:
+    """The mask of ``path`` in ``dataset`` (None when it is not a labelled image of it).
+
+    Raises:
+        OSError: the mask cannot be read (the message names it).
+        ValueError: the mask is not of the image's size ``image_hw`` ``(H, W)``.
+    """
+    record = find_dataset_record(path, dataset)
+    if record is None or "sem_seg_file_name" not in record:
+        logger.warning("%s is not a labelled image of %s: no ground truth", path, dataset)
+        return None
+    gt = load_semseg_mask(record["sem_seg_file_name"])
+    if gt.shape != tuple(image_hw):
+        raise ValueError(
+            f"its mask {record['sem_seg_file_name']} is {gt.shape[1]}x{gt.shape[0]} (WxH), the "
+            f"image {image_hw[1]}x{image_hw[0]}; a mask must have its image's size"
+        )
+    return gt
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = get_parser().parse_args(argv)
     cfg = setup_cfg(args)
@@ -156,23 +177,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for path, name in tqdm(list(zip(paths, output_names(paths))), desc="demo", unit="img"):
         try:
             image = read_image(path, format="RGB")
+            gt = ground_truth(path, dataset, image.shape[:2]) if args.show_gt else None
         except (OSError, ValueError) as e:
-            logger.error("Cannot read image %s: %s", path, e)
+            logger.error("Skipping %s: %s", path, e)
             failures.append(path)
             continue
-        gt = None
-        if args.show_gt:
-            record = find_dataset_record(path, dataset)
-            if record is not None and "sem_seg_file_name" in record:
-                gt = load_semseg_mask(record["sem_seg_file_name"])
-            else:
-                logger.warning("%s is not a labelled image of %s: no ground truth", path, dataset)
         _, picture = demo.run_on_image(np.asarray(image), gt)
         Image.fromarray(picture).save(os.path.join(args.output, name))
     written = len(paths) - len(failures)
     logger.info("Wrote %d picture(s) to %s", written, args.output)
     if failures:
-        logger.error("%d input(s) could not be read: %s", len(failures), ", ".join(failures))
+        logger.error("%d input(s) skipped: %s", len(failures), ", ".join(failures))
         return 1
     return 0
 

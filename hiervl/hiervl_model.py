@@ -241,13 +241,20 @@ class HierVL(nn.Module):
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
 
     def _pad(self, images: torch.Tensor) -> torch.Tensor:
-        """Zero-pad ``[B, 3, H, W]`` (normalised: 0 = mean colour) to the size divisibility."""
+        """Zero-pad ``[B, 3, H, W]`` (normalised: 0 = mean colour) to the size divisibility.
+
+        An input that would leave the coarsest map (res5, stride 32) a single cell, i.e. at
+        most 32x32 px, is padded to 64x64: GroupNorm cannot normalise one value per group.
+        Callers crop the prediction back to ``H x W``, so any size >= 1 px works.
+        """
         div = self.size_divisibility
         height, width = images.shape[-2:]
-        pad_h, pad_w = (-height) % div, (-width) % div
-        if pad_h == 0 and pad_w == 0:
+        target_h, target_w = height + (-height) % div, width + (-width) % div
+        if target_h <= 32 and target_w <= 32:
+            target_h = target_w = 64
+        if (target_h, target_w) == (height, width):
             return images
-        return F.pad(images, (0, pad_w, 0, pad_h))
+        return F.pad(images, (0, target_w - width, 0, target_h - height))
 
     def _run(
         self,

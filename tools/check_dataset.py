@@ -4,13 +4,15 @@
 Usage::
 
     python tools/check_dataset.py /path/to/folder [--palette palette.txt] [--val-fraction 0.1]
+        [--crop-size 512 512]
 
 Reads every image and mask once (with a progress bar) and prints the counts and every problem
 with its file name. Errors are what would make training or evaluation fail (unreadable files,
 mask/image size mismatches, ids outside the class list, colours not in the palette, a bad
 classes.txt or split file); warnings are worth a look but do not stop training (a class that
-never occurs, a mask without an image, files that are ignored). Exit status: 1 when there is
-an error, else 0 (``--strict``: warnings count as errors).
+never occurs, a mask without an image, files that are ignored, images added after the split
+files were written, training images smaller than the crop). Exit status: 1 when there is an
+error, else 0 (``--strict``: warnings count as errors).
 """
 import argparse
 import re
@@ -24,12 +26,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from detectron2.config import get_cfg
+
+from hiervl.config import add_hiervl_config
 from hiervl.data.datasets.folder import (
     IGNORE_LABEL,
     IMAGE_EXTENSIONS,
+    TEXT_ENCODING,
     FolderDatasetError,
     Palette,
     find_split_dir,
+    find_stale_splits,
     folder_cache_dir,
     make_splits,
     mask_to_ids,
@@ -39,9 +46,10 @@ from hiervl.data.datasets.folder import (
     resolve_palette_path,
     scan_folder,
 )
+from hiervl.data.datasets.semseg import size_mismatch_message
+from hiervl.data.image_io import ImageHeader, read_image_header
 
 ERROR, WARNING = "ERROR", "WARNING"
-_EXIF_ORIENTATION = 0x0112
 
 
 @dataclass
@@ -80,14 +88,18 @@ class CheckReport:
         return [p for p in self.problems if p.level == WARNING]
 
 
-def _image_size(path: Path) -> Tuple[int, int]:
-    """``(H, W)`` of an image as detectron2 reads it (EXIF orientation applied); decodes fully."""
+def _default_crop_size() -> Tuple[int, int]:
+    cfg = get_cfg()
+    add_hiervl_config(cfg)
+    return tuple(cfg.INPUT.CROP.SIZE)
+
+
+def _image_size(path: Path) -> ImageHeader:
+    """Size of an image as detectron2 reads it (EXIF orientation applied); decodes it fully,
+    so that a truncated file is found."""
     with Image.open(path) as image:
         image.load()
-        width, height = image.size
-        if image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8):
-            width, height = height, width
-    return height, width
+    return read_image_header(str(path))
 
 
 def _split_message(text: str, root: Path) -> Tuple[str, str]:
@@ -108,7 +120,7 @@ def _check_classes(root: Path, report: CheckReport) -> Optional[List[str]]:
     if not path.is_file():
         report.error("classes.txt", "missing: one class name per line, line i = class id i-1")
         return None
-    names, _, problems = parse_classes(path.read_text(encoding="utf-8"), "classes.txt")
+    names, _, problems = parse_classes(path.read_text(encoding=TEXT_ENCODING), "classes.txt")
     for problem in problems:
         report.error(*_split_message(problem, root))
     return names if names else None
@@ -123,7 +135,7 @@ def _check_palette(
     if not path.is_file():
         report.error(str(path), "palette file not found")
         return None
-    pal, problems = parse_palette(path.read_text(encoding="utf-8"), num_classes, str(path))
+    pal, problems = parse_palette(path.read_text(encoding=TEXT_ENCODING), num_classes, str(path))
     for problem in problems:
         report.error(*_split_message(problem, root))
     return pal
@@ -135,6 +147,7 @@ def check_folder(
     palette: str = "",
     val_fraction: float = 0.1,
     seed: int = 0,
+    crop_size: Optional[Sequence[int]] = None,
     progress: bool = True,
 ) -> CheckReport:
     """Validate a folder dataset; see the module docstring.
@@ -145,8 +158,11 @@ def check_folder(
         val_fraction: VAL_FRACTION used when there are no split files (the split is only
             drawn here, not written).
         seed: seed of that draw.
+        crop_size: ``(h, w)`` training crop (``INPUT.CROP.SIZE``); training images smaller in
+            either side are reported. None = the default config's.
         progress: show a tqdm progress bar on stderr.
     """
+    crop_h, crop_w = crop_size if crop_size is not None else _default_crop_size()
     root = Path(root).expanduser().resolve()
     report = CheckReport(root)
     if not root.is_dir():
@@ -221,18 +237,29 @@ def check_folder(
     for split, image_rel, mask_rel in tqdm(
         jobs, desc="checking", unit="img", disable=not progress, file=sys.stderr
     ):
-        image_hw = _check_image(root, image_rel, report)
+        image = _check_image(root, image_rel, report)
+        if image is not None and split != "val" and (image.height < crop_h or image.width < crop_w):
+            report.warning(
+                image_rel,
+                f"image {image.width}x{image.height} is smaller than the training crop "
+                f"{crop_w}x{crop_h} (WxH; INPUT.CROP.SIZE, --crop-size): training pads it, and "
+                f"the padding is ignored in the loss",
+            )
         if mask_rel is None:
             continue
         ids, needs_conversion = _check_mask(root, mask_rel, pal, palette_broken, report)
         if ids is None:
             continue
         converted += needs_conversion
-        if image_hw is not None and ids.shape != image_hw:
-            report.error(
-                mask_rel,
-                f"mask size {ids.shape[1]}x{ids.shape[0]} differs from image {image_rel} "
-                f"size {image_hw[1]}x{image_hw[0]} (WxH)",
+        if image is not None and ids.shape != (image.height, image.width):
+            report.error(mask_rel, size_mismatch_message(image_rel, image, "", ids.shape))
+        elif image is not None and image.orientation != 1:
+            # Same size (a square image, a flip, a half turn) but maybe not the same pixels.
+            report.warning(
+                image_rel,
+                f"EXIF orientation {image.orientation}: the image is turned or flipped when it "
+                f"is read, so its mask {mask_rel} must match the image as a viewer shows it, "
+                f"not the stored pixels",
             )
         values = np.unique(ids).tolist()
         if num_classes is not None:
@@ -277,12 +304,17 @@ def _check_split_membership(scan, splits, report: CheckReport) -> None:
     for image_rel in splits.unlabeled:
         if not (root / image_rel).is_file():
             report.error(image_rel, "listed in unlabeled.txt but missing")
-    unused = [p for p in scan.images.values() if p not in seen]
-    for path in unused:
-        report.warning(path, "in no split file; not used (delete splits/ to redraw)")
+    stale = find_stale_splits(scan, splits)
+    refresh = f"python tools/make_splits.py --folder {root} adds it, val.txt unchanged"
+    for path in stale.new_labeled + stale.new_unlabeled:
+        report.warning(path, f"in no split file; not used ({refresh}; or delete splits/ to redraw)")
+    for path in stale.now_labeled:
+        report.warning(
+            path, f"has a mask but is listed in unlabeled.txt: its mask is not used ({refresh})"
+        )
 
 
-def _check_image(root: Path, image_rel: str, report: CheckReport) -> Optional[Tuple[int, int]]:
+def _check_image(root: Path, image_rel: str, report: CheckReport) -> Optional[ImageHeader]:
     path = root / image_rel
     if not path.is_file():
         return None
@@ -348,6 +380,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--val-fraction", type=float, default=0.1, help="DATASETS.CUSTOM.VAL_FRACTION"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/val draw")
+    parser.add_argument(
+        "--crop-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="training crop INPUT.CROP.SIZE (default: the default config's)",
+    )
     parser.add_argument("--strict", action="store_true", help="warnings count as errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -356,6 +396,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         palette=args.palette,
         val_fraction=args.val_fraction,
         seed=args.seed,
+        crop_size=args.crop_size,
         progress=not args.no_progress,
     )
     print(format_report(report))

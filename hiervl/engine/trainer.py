@@ -465,6 +465,10 @@ class HierVLTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, student)
         seed = self.data_seed(cfg)
         labeled_loader = self.build_train_loader(cfg, seed=seed)
+        # Load the test splits now: a broken one (a missing file, a mask not of its image's
+        # size) stops the run before training, not at the first evaluation.
+        for name in cfg.DATASETS.TEST:
+            DatasetCatalog.get(name)
         semi = cfg.SEMI.ENABLED
         unlabeled_loader = self.build_unlabeled_loader(cfg, seed=seed + 1) if semi else None
         self.student = student

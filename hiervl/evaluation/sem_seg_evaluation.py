@@ -4,8 +4,9 @@
 per-class IoU / ACC, boundary IoU) and adds three things:
 
 - ground truth is read with a loader that works under NumPy 1 and NumPy 2 (detectron2 0.7.2
-  reads masks with ``np.array(..., copy=False)``, an error under NumPy 2) and that rejects
-  masks holding ids outside ``0..C-1`` and the ignore label, naming the file;
+  reads masks with ``np.array(..., copy=False)``, an error under NumPy 2) and that rejects,
+  naming the files, masks it cannot read, masks holding ids outside ``0..C-1`` and the ignore
+  label, and masks whose size is not the prediction's (the image's size as read);
 - a per-class IoU / ACC table (tabulate) in the log;
 - ``metrics.json`` in the output folder: the metrics, the per-class rows and the confusion
   matrix, one JSON object (NaN written as ``null``).
@@ -16,7 +17,7 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -25,6 +26,8 @@ from detectron2.utils.comm import is_main_process
 from detectron2.utils.file_io import PathManager
 from PIL import Image
 from tabulate import tabulate
+
+from hiervl.data.image_io import ImageReadError
 
 __all__ = [
     "HierVLSemSegEvaluator",
@@ -52,9 +55,16 @@ def load_semseg_mask(file_name: str, dtype=np.int64) -> np.ndarray:
     Returns:
         ``[H, W]`` array of ``dtype``.
     """
-    with PathManager.open(file_name, "rb") as f:
-        image = Image.open(f)
-        image.load()
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    except FileNotFoundError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageReadError(
+            f"{file_name}: cannot read ground-truth mask ({type(e).__name__}: {e})"
+        ) from e
     if image.mode not in ("L", "P", "I", "I;16", "1"):
         raise ValueError(
             f"Ground-truth mask {file_name} has image mode {image.mode!r}; expected a "
@@ -118,9 +128,28 @@ class HierVLSemSegEvaluator(SemSegEvaluator):
             output_dir=output_dir,
             sem_seg_loading_fn=self._load_gt,
         )
+        # (image file, prediction (H, W)) of the input being processed, for _load_gt.
+        self._pending: Optional[Tuple[str, Tuple[int, int]]] = None
+
+    def process(self, inputs, outputs):
+        # detectron2 reads each ground truth inside ``process``; ``_load_gt`` compares it with
+        # the prediction of the input being processed, so one pair at a time.
+        for one_input, one_output in zip(inputs, outputs):
+            self._pending = (one_input["file_name"], tuple(one_output["sem_seg"].shape[-2:]))
+            try:
+                super().process([one_input], [one_output])
+            finally:
+                self._pending = None
 
     def _load_gt(self, file_name: str, dtype=np.int64) -> np.ndarray:
         gt = load_semseg_mask(file_name, dtype=dtype)
+        if self._pending is not None and gt.shape != self._pending[1]:
+            image_file, (height, width) = self._pending
+            raise ValueError(
+                f"Ground-truth mask {file_name} is {gt.shape[1]}x{gt.shape[0]} (WxH) but the "
+                f"prediction for its image {image_file} is {width}x{height} (the image's size as "
+                f"read, EXIF orientation applied); a mask must have its image's size"
+            )
         valid = (gt == self._ignore_label) | ((gt >= 0) & (gt < self._num_classes))
         if not valid.all():
             bad = np.unique(gt[~valid])[:10].tolist()

@@ -4,6 +4,7 @@
 """
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -17,6 +18,7 @@ import hiervl.data  # noqa: F401  (registers the demo names)
 from hiervl.config import add_hiervl_config
 from hiervl.data.datasets import folder
 from hiervl.data.datasets.folder import FolderDatasetError
+from hiervl.data.datasets.semseg import SplitFileError
 
 CLASSES = ["background", "cat", "dog"]
 PALETTE = [(0, 0, 0), (200, 30, 30), (30, 30, 200)]
@@ -346,3 +348,74 @@ def test_config_template_names_match_the_registration(tmp_path):
         assert cfg.MODEL.HIERVL.NUM_CLASSES == len(CLASSES)
     finally:
         _unregister("custom")
+
+
+# ---- issue 17: byte-order marks, stale split files, pairs of different sizes -----------------
+
+
+def test_class_list_and_palette_with_byte_order_mark(tmp_path):
+    # Windows editors write a BOM: before, class 0 was registered as "\ufeffbackground".
+    root = make_folder(tmp_path / "ds", colour=True)
+    for name in ("classes.txt", "palette.txt"):
+        text = (root / name).read_text(encoding="utf-8")
+        (root / name).write_text("\ufeff" + text, encoding="utf-8")
+    folder.register_folder(root, name="t_bom", palette="palette.txt")
+    try:
+        assert MetadataCatalog.get("t_bom_val").stuff_classes == CLASSES
+        assert MetadataCatalog.get("t_bom_val").stuff_colors == PALETTE
+    finally:
+        _unregister("t_bom")
+
+
+def _add_image(root: Path, stem: str, mask: bool) -> None:
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / "images" / f"{stem}.png")
+    if mask:
+        Image.fromarray(id_mask(1)).save(root / "masks" / f"{stem}.png")
+
+
+def test_files_added_after_the_split_files_are_named_not_resplit(tmp_path, caplog):
+    root = make_folder(tmp_path / "ds", n_labeled=5, n_unlabeled=3).resolve()
+    folder.register_folder(root, name="t_stale")  # writes splits/ (with unlabeled.txt)
+    try:
+        before = {p.name: p.read_text() for p in (root / "splits").iterdir()}
+        _add_image(root, "new_labelled", mask=True)
+        _add_image(root, "new_unlabelled", mask=False)
+        Image.fromarray(id_mask(2)).save(root / "masks" / "img_06.png")  # listed as unlabelled
+        with caplog.at_level(logging.WARNING, logger="hiervl.data.datasets.folder"):
+            info = folder.register_folder(root, name="t_stale")
+        # Nothing is re-split: the split files and counts are those written before.
+        assert {p.name: p.read_text() for p in (root / "splits").iterdir()} == before
+        assert info.counts == {"train_labeled": 4, "train_unlabeled": 3, "val": 1}
+        text = caplog.text
+        assert "1 image(s) with a mask, in no split file (images/new_labelled.png)" in text
+        assert "1 image(s) listed in unlabeled.txt that have a mask now (images/img_06.png)" in text
+        assert "1 image(s) without a mask, in no split file (images/new_unlabelled.png)" in text
+        assert f"python tools/make_splits.py --folder {root}" in text
+        assert f"delete {root / 'splits'}" in text
+        # refresh_splits: the new files join the training splits, val and listed ones stay.
+        scan = folder.scan_folder(root)
+        splits = folder.read_folder_splits(root / "splits", scan)
+        refreshed = folder.refresh_splits(scan, splits)
+        assert refreshed.val == splits.val and refreshed.labeled[:4] == splits.labeled
+        assert refreshed.labeled[4:] == [
+            ("images/img_06.png", "masks/img_06.png"),
+            ("images/new_labelled.png", "masks/new_labelled.png"),
+        ]
+        assert refreshed.unlabeled == ["images/img_05.jpg", "images/img_07.png"] + [
+            "images/new_unlabelled.png"
+        ]
+        assert not folder.find_stale_splits(scan, refreshed)
+    finally:
+        _unregister("t_stale")
+
+
+def test_mask_of_another_size_fails_when_the_split_is_loaded(tmp_path):
+    # The pair is named before training (the trainer loads DATASETS.TRAIN and TEST first).
+    root = make_folder(tmp_path / "ds", n_labeled=5, n_unlabeled=1)
+    Image.fromarray(np.zeros((90, 100), np.uint8)).save(root / "masks" / "img_02.png")
+    folder.register_folder(root, name="t_size", val_fraction=0.4)
+    try:
+        with pytest.raises(SplitFileError, match=r"masks/img_02\.png is 100x90 \(WxH\)"):
+            DatasetCatalog.get("t_size_train_labeled") + DatasetCatalog.get("t_size_val")
+    finally:
+        _unregister("t_size")

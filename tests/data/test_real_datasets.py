@@ -278,3 +278,73 @@ def test_builtin_names_registered():
             assert f"{spec.prefix}_train_{n}_unlabeled" in names
         assert f"{spec.prefix}_val" in names
     assert MetadataCatalog.get("ade20k_sem_seg_val").split_file.endswith("splits/ade/val.txt")
+
+
+def test_ade20k_validation_only_download(tmp_path, registered, caplog):
+    # Before: prepare stopped with FileNotFoundError .../annotations/training, had no way to
+    # prepare one split, and make_splits said "run prepare" and could not write val.txt alone.
+    ade = tmp_path / "ADEChallengeData2016"
+    raw = np.array([[0, 1, 150], [2, 0, 75]], np.uint8)
+    _jpg(ade / "images" / "validation" / "ADE_val_00000001.jpg", h=2, w=3)
+    _png(ade / "annotations" / "validation" / "ADE_val_00000001.png", raw)
+    prepare = _script("datasets/prepare_ade20k_sem_seg.py")
+    with pytest.raises(FileNotFoundError, match=r"split 'training' is missing: .*annotations"):
+        prepare(["--datasets-dir", str(tmp_path), "--splits", "training"])
+    with caplog.at_level("WARNING"):
+        assert prepare(["--datasets-dir", str(tmp_path)]) == 0
+    assert "split 'training' skipped" in caplog.text and "--splits validation" in caplog.text
+    assert (ade / "annotations_detectron2" / "validation" / "ADE_val_00000001.png").is_file()
+    assert not (ade / "annotations_detectron2" / "training").exists()
+
+    make = _script("tools/make_splits.py")
+    args = ["--dataset", "ade20k", "--datasets-dir", str(tmp_path), "--budgets", "1"]
+    with pytest.raises(
+        FileNotFoundError, match=r"ade20k split 'train' is missing: no train images"
+    ):
+        make(args + ["--splits", "train"])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert make(args) == 0  # val.txt alone, the missing train split named
+    assert "ade20k split 'train' skipped" in caplog.text
+    split_dir = ade / "splits" / "ade"
+    assert sorted(p.name for p in split_dir.iterdir()) == ["val.txt"]
+    _register(ADE20K_SPEC, ade, "t_adeval", registered, (1,))
+    (record,) = DatasetCatalog.get("t_adeval_val")
+    assert record["sem_seg_file_name"].endswith(
+        "annotations_detectron2/validation/ADE_val_00000001.png"
+    )
+    # Images without converted masks: the message names the split and the command.
+    _jpg(ade / "images" / "training" / "ADE_train_00000001.jpg", h=2, w=3)
+    with pytest.raises(
+        FileNotFoundError, match=r"(?s)1 of 1 train masks not found.*prepare_ade20k"
+    ):
+        make(args + ["--splits", "train"])
+
+
+def test_prepare_cityscapes_and_coco_per_split(tmp_path, caplog):
+    cs = tmp_path / "cityscapes"
+    ids = np.array([[7, 26], [0, 24]], np.uint8)
+    _png(cs / "gtFine" / "val" / "lindau" / "lindau_000000_000019_gtFine_labelIds.png", ids)
+    main = _script("datasets/prepare_cityscapes_sem_seg.py")
+    with caplog.at_level("WARNING"):
+        assert main(["--datasets-dir", str(tmp_path)]) == 0
+    assert "Cityscapes split 'train' skipped" in caplog.text
+    assert (cs / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png").is_file()
+    with pytest.raises(FileNotFoundError, match=r"Cityscapes split 'train' is missing"):
+        main(["--datasets-dir", str(tmp_path), "--splits", "train", "val"])
+    with pytest.raises(FileNotFoundError, match=r"COCO split 'train2017' is missing: .*json"):
+        _script("datasets/prepare_coco_sem_seg.py")(["--datasets-dir", str(tmp_path)])
+
+
+def test_select_splits():
+    from hiervl.data.datasets.preparation import select_splits
+
+    missing = {"train": "x not found", "val": None}
+    assert select_splits(missing, None, dataset="D") == ["val"]
+    assert select_splits(missing, ["val"], dataset="D") == ["val"]
+    with pytest.raises(
+        FileNotFoundError, match="D split 'train' is missing: x not found; pass --splits val"
+    ):
+        select_splits(missing, ["train", "val"], dataset="D")
+    with pytest.raises(FileNotFoundError, match="D split 'val' is missing: y"):
+        select_splits({"train": "x", "val": "y"}, None, dataset="D")

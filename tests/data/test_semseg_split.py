@@ -130,7 +130,7 @@ def test_datasets_root(monkeypatch, tmp_path):
 def test_validate_sample():
     mask = np.array([[0, 1], [255, 2]], np.uint8)
     validate_semseg_sample((2, 2), mask, num_classes=3)
-    with pytest.raises(ValueError, match=r"Mask size 2x2 \(WxH\) differs from image size 3x2"):
+    with pytest.raises(ValueError, match=r"mask m\.png is 2x2 \(WxH\) but its image is 3x2"):
         validate_semseg_sample((2, 3), mask, num_classes=3, file_name="m.png")
     with pytest.raises(ValueError, match=r"label ids \[2\] outside 0\.\.1 .*\(m\.png\)"):
         validate_semseg_sample((2, 2), mask, num_classes=2, file_name="m.png")
@@ -145,3 +145,31 @@ def test_validate_files(tmp_path):
     assert validate_semseg_files(dicts, num_classes=5) == 1
     with pytest.raises(ValueError, match=r"\[4\] outside 0\.\.3"):
         validate_semseg_files(dicts, num_classes=4)
+
+
+def test_load_compares_pair_sizes_from_headers(tmp_path):
+    # Before: loading succeeded and training stretched the masks silently (val: a numpy
+    # broadcast error at the end of training, naming no file).
+    lines = [_write_pair(tmp_path, "a"), _write_pair(tmp_path, "b"), _write_pair(tmp_path, "c")]
+    Image.fromarray(np.zeros((3, 5), np.uint8)).save(tmp_path / "lbl" / "b.png")
+    # c: stored 6x4 with EXIF orientation 8 (read as 4x6); its mask has the stored orientation.
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "img" / "c.jpg", exif=exif)
+    (tmp_path / "s.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SplitFileError) as err:
+        load_semseg_split(root=tmp_path, split_file=tmp_path / "s.txt")
+    msg = str(err.value)
+    assert msg.startswith("2 of 3 labelled pairs cannot be used")
+    assert "s.txt:2: mask " in msg and "b.png is 5x3 (WxH) but its image " in msg
+    assert "s.txt:3: mask " in msg and "EXIF orientation 8" in msg and "s.txt:1" not in msg
+    # Unlabelled splits and check_sizes=False do not read headers.
+    assert len(load_semseg_split(root=tmp_path, split_file=tmp_path / "s.txt", labeled=False)) == 3
+    assert len(load_semseg_split(root=tmp_path, split_file=tmp_path / "s.txt", check_sizes=False))
+
+
+def test_split_file_with_byte_order_mark(tmp_path):
+    line = _write_pair(tmp_path, "a")
+    (tmp_path / "s.txt").write_text("\ufeff" + line + "\n", encoding="utf-8")
+    (record,) = load_semseg_split(root=tmp_path, split_file=tmp_path / "s.txt")
+    assert record["file_name"] == str(tmp_path / "img" / "a.jpg")

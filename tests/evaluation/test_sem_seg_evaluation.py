@@ -161,3 +161,52 @@ def test_mask_loader_returns_writable_copy(tmp_path):
     Image.new("RGB", (2, 2)).save(rgb)
     with pytest.raises(ValueError, match="rgb.png"):
         load_semseg_mask(rgb)
+
+
+# ---- issue 17 -------------------------------------------------------------------------------
+
+
+def test_gt_of_another_size_names_mask_and_image(tmp_path):
+    # Before: a numpy broadcast error naming no file, at the end of training.
+    name, records = _register(str(tmp_path), [np.zeros((90, 100), np.int64)])
+    evaluator = build_semseg_evaluator(tiny_config(), name, str(tmp_path / "eval"))
+    evaluator.reset()
+    scores = _one_hot_scores(np.zeros((128, 128), int), 3)
+    with pytest.raises(ValueError) as err:
+        evaluator.process(records, [{"sem_seg": scores}])
+    msg = str(err.value)
+    assert "mask_0.png is 100x90 (WxH)" in msg and "image_0.jpg is 128x128" in msg
+
+
+def test_unreadable_gt_names_the_file(tmp_path):
+    rng = np.random.default_rng(0)
+    name, records = _register(str(tmp_path), [rng.integers(0, 3, (64, 64))])
+    path = records[0]["sem_seg_file_name"]
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    with pytest.raises(OSError, match=r"mask_0\.png: cannot read ground-truth mask"):
+        load_semseg_mask(path)
+
+
+def test_eval_only_on_images_of_one_pixel_to_32_px(tmp_path):
+    """``--eval-only``'s path (test loader, the tiny HierVL, the evaluator) on images of 1x1,
+    7x5, 32x32 and 33x20 px: before, GroupNorm failed on the 1x1 map of images <= 32 px."""
+    import hiervl.hiervl_model  # noqa: F401
+    from hiervl.engine import HierVLTrainer
+
+    rng = np.random.default_rng(0)
+    sizes = [(1, 1), (7, 5), (32, 32), (33, 20)]
+    gts = [rng.integers(0, 3, size=hw) for hw in sizes]
+    name, records = _register(str(tmp_path), gts)
+    for record, (h, w) in zip(records, sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(record["file_name"])
+    cfg = tiny_config(
+        OUTPUT_DIR=str(tmp_path / "out"), DATASETS__TRAIN=(name,), DATASETS__TEST=(name,)
+    )
+    cfg.MODEL.HIERVL.NUM_CLASSES = 3
+    torch.manual_seed(0)
+    model = HierVLTrainer.build_model(cfg)
+    results = HierVLTrainer.test_model(cfg, model, "tiny")
+    assert 0.0 <= results["sem_seg"]["mIoU"] <= 100.0

@@ -28,6 +28,10 @@ def _cache(tmp_path, monkeypatch):
 
 
 def run(capsys, root, *args):
+    # make_folder's images are 16x12: a crop of that size keeps the "smaller than the training
+    # crop" warning out of tests about other problems (tests of it pass their own --crop-size).
+    if "--crop-size" not in args:
+        args = ("--crop-size", "12", "16") + args
     code = check_dataset.main([str(root), "--no-progress", *args])
     return code, capsys.readouterr().out
 
@@ -56,7 +60,7 @@ def test_broken_images_wrong_size_and_out_of_range_ids(tmp_path, capsys):
     assert "ERROR   images/img_01.png: unreadable image" in out
     assert "ERROR   images/img_05.jpg: unreadable image" in out
     assert (
-        "ERROR   masks/img_03.png: mask size 8x8 differs from image images/img_03.png size 16x12"
+        "ERROR   masks/img_03.png: the mask is 8x8 (WxH) but its image images/img_03.png is 16x12"
     ) in out
     assert "ERROR   masks/img_04.png: ids [3, 7] outside the 3 classes of classes.txt" in out
     assert "4 error(s)" in out and "training would fail" in out
@@ -147,3 +151,68 @@ def test_too_few_labelled_and_no_images(tmp_path, capsys):
         path.unlink()
     code, out = run(capsys, root2)
     assert code == 1 and "ERROR   images/: no images" in out
+
+
+# ---- issue 17 -------------------------------------------------------------------------------
+
+
+def test_mask_in_stored_orientation_of_exif_rotated_image(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=4, n_unlabeled=1)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 16x12, read (and trained on) as 12x16
+    pixels = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    (root / "images" / "img_01.png").unlink()
+    Image.fromarray(pixels).save(root / "images" / "img_01.jpg", exif=exif.tobytes())
+    code, out = run(capsys, root)
+    assert code == 1
+    assert (
+        "ERROR   masks/img_01.png: the mask is 16x12 (WxH) but its image images/img_01.jpg" in out
+    )
+    assert "EXIF orientation 6" in out and "training would fail" in out
+    # A half turn keeps the size: only a warning can say that the mask must follow the turn.
+    exif[0x0112] = 3
+    Image.fromarray(pixels).save(root / "images" / "img_01.jpg", exif=exif.tobytes())
+    code, out = run(capsys, root)
+    assert code == 0, out
+    assert "WARNING images/img_01.jpg: EXIF orientation 3: the image is turned or flipped" in out
+
+
+def test_images_smaller_than_the_training_crop(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=3, n_unlabeled=1)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "tiny.png")
+    code, out = run(capsys, root, "--crop-size", "10", "12")
+    assert code == 0, out  # training pads such images: a warning
+    assert (
+        "WARNING images/tiny.png: image 8x8 is smaller than the training crop 12x10 (WxH; "
+        "INPUT.CROP.SIZE, --crop-size)"
+    ) in out
+    assert out.count("smaller than the training crop") == 1  # the 16x12 images fit
+
+
+def test_files_added_after_the_split_files(tmp_path, capsys):
+    root = make_folder(tmp_path / "ds", n_labeled=4, n_unlabeled=2)
+    (root / "splits").mkdir()
+    (root / "splits" / "labeled.txt").write_text(
+        "images/img_00.png masks/img_00.png\nimages/img_01.png masks/img_01.png\n"
+    )
+    (root / "splits" / "val.txt").write_text("images/img_03.png masks/img_03.png\n")
+    (root / "splits" / "unlabeled.txt").write_text("images/img_04.png\nimages/img_02.jpg\n")
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / "images" / "img_09.png")
+    code, out = run(capsys, root)
+    assert code == 0, out
+    refresh = f"python tools/make_splits.py --folder {root.resolve()} adds it"
+    assert "WARNING images/img_05.jpg: in no split file; not used (" + refresh in out
+    assert "WARNING images/img_09.png: in no split file; not used (" + refresh in out
+    assert (
+        "WARNING images/img_02.jpg: has a mask but is listed in unlabeled.txt: its mask is not "
+        "used (" + refresh
+    ) in out
+
+
+def test_class_list_with_byte_order_mark(tmp_path, capsys):
+    # The BOM is not part of the first name: "\ufeffcat" and "cat" are the same class name.
+    root = make_folder(tmp_path / "ds")
+    (root / "classes.txt").write_text("\ufeffcat\ncat\ndog\n", encoding="utf-8")
+    code, out = run(capsys, root)
+    assert code == 1
+    assert "ERROR   classes.txt:2: duplicate class name 'cat' (first on line 1)" in out

@@ -234,3 +234,46 @@ def test_real_model_tta_through_predictor():
     plain = vis.predictor(image)["sem_seg"]
     assert plain.shape == outputs["sem_seg"].shape
     assert not torch.allclose(plain, outputs["sem_seg"])
+
+
+def test_real_model_draws_images_of_any_size(tmp_path):
+    """The tiny HierVL at the inputs' own sizes (INPUT.MIN_SIZE_TEST 0, as in the shipped
+    configs): before, an image of at most 32x32 px stopped the whole batch (GroupNorm on a 1x1
+    map) although the demo promises to skip bad inputs."""
+    import hiervl.hiervl_model  # noqa: F401
+
+    torch.manual_seed(0)
+    sizes = {"a_1px.png": (1, 1), "b_small.png": (20, 13), "c_32.png": (32, 32), "d.png": (40, 50)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(_scene(h, w, 6)[0]).save(tmp_path / name)
+    config = tmp_path / "tiny.yaml"
+    config.write_text(tiny_config(INPUT__MIN_SIZE_TEST=0).dump())
+    out = tmp_path / "out"
+    rc = demo.main(
+        ["--config-file", str(config), "--output", str(out), "--input"]
+        + [str(tmp_path / name) for name in sizes]
+    )
+    assert rc == 0
+    for name, (h, w) in sizes.items():
+        assert np.asarray(Image.open(out / name)).shape == (h, w, 3)
+
+
+def test_show_gt_with_a_mask_of_another_size_skips_that_input(tmp_path, caplog):
+    image, mask = _scene(24, 30, 7)
+    good, bad = str(tmp_path / "good.png"), str(tmp_path / "bad.png")
+    Image.fromarray(image).save(good)
+    Image.fromarray(image).save(bad)
+    Image.fromarray(mask).save(tmp_path / "good_mask.png")
+    Image.fromarray(mask[:20]).save(tmp_path / "bad_mask.png")
+    dataset = _register_split(
+        tmp_path, [(good, str(tmp_path / "good_mask.png")), (bad, str(tmp_path / "bad_mask.png"))]
+    )
+    out = tmp_path / "out"
+    with caplog.at_level(logging.ERROR):
+        rc = demo.main(
+            ["--config-file", _config_file(tmp_path), "--input", bad, good, "--output", str(out)]
+            + ["--dataset", dataset, "--show-gt"]
+        )
+    assert rc == 1
+    assert os.listdir(out) == ["good.png"]
+    assert "bad_mask.png is 30x20 (WxH), the image 30x24" in caplog.text

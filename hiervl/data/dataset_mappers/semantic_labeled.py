@@ -7,8 +7,9 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 
+from ..datasets.semseg import validate_semseg_sample
+from ..image_io import read_image
 from .augment import crop_params, resize_pad_crop
 from .build import DATASET_MAPPER_REGISTRY
 
@@ -30,6 +31,9 @@ class SemanticLabeledMapper:
 
     Training steps:
         1. deep-copy the dict; read ``file_name`` (``INPUT.FORMAT``) and ``sem_seg_file_name``;
+           the mask must have the image's size and hold ids ``0..num_classes-1`` or
+           ``ignore_label`` only, else a ``ValueError`` names the files (an unreadable file
+           raises :class:`~hiervl.data.image_io.ImageReadError` naming it);
         2. resize by a ratio uniform in ``INPUT.RESIZE_RATIO_RANGE`` (bilinear / nearest);
         3. pad to the crop (image 0, mask ``ignore_label``) and take a random
            ``INPUT.CROP.SIZE`` crop, re-drawn up to 10 times while one class covers more than
@@ -49,6 +53,7 @@ class SemanticLabeledMapper:
         ratio_range: Tuple[float, float],
         crop_size: Optional[Tuple[int, int]],
         single_category_max_area: float = 1.0,
+        num_classes: Optional[int] = None,
         ignore_label: int = 255,
     ):
         """
@@ -58,6 +63,9 @@ class SemanticLabeledMapper:
             ratio_range: ``(low, high)`` random resize ratio relative to the image size.
             crop_size: ``(h, w)`` training crop, None for no crop.
             single_category_max_area: maximum fraction of a crop one class may cover.
+            num_classes: ``C``, the model's class count: a mask id outside ``0..C-1`` that is
+                not ``ignore_label`` is an error (the loss would crash on it or drop it
+                silently). None checks the size only.
             ignore_label: mask value of ignored and padded pixels.
         """
         self.is_train = is_train
@@ -65,6 +73,7 @@ class SemanticLabeledMapper:
         self.ratio_range = tuple(ratio_range)
         self.crop_size = tuple(crop_size) if crop_size is not None else None
         self.single_category_max_area = single_category_max_area
+        self.num_classes = num_classes
         self.ignore_label = ignore_label
 
     @classmethod
@@ -75,6 +84,7 @@ class SemanticLabeledMapper:
             "ratio_range": tuple(cfg.INPUT.RESIZE_RATIO_RANGE),
             "crop_size": tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
             "single_category_max_area": cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
+            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
         }
 
     def __call__(self, dataset_dict: dict, rng: Optional[np.random.Generator] = None) -> dict:
@@ -88,7 +98,7 @@ class SemanticLabeledMapper:
             training, ``sem_seg`` long ``[H, W]`` (``ignore_label`` on ignored / padded pixels).
         """
         dataset_dict = copy.deepcopy(dataset_dict)
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         height, width = image.shape[:2]
         dataset_dict.setdefault("height", height)
         dataset_dict.setdefault("width", width)
@@ -97,10 +107,19 @@ class SemanticLabeledMapper:
             return dataset_dict
         if rng is None:
             rng = np.random.default_rng(np.random.randint(2**31))
-        mask = utils.read_image(dataset_dict.pop("sem_seg_file_name")).astype(np.uint8)
+        mask_file = dataset_dict.pop("sem_seg_file_name")
+        mask = read_image(mask_file, kind="mask")
         if mask.ndim == 3:
             mask = mask[..., 0]
-        utils.check_image_size(dataset_dict, image)
+        validate_semseg_sample(
+            (height, width),
+            mask,
+            num_classes=self.num_classes if self.num_classes is not None else 256,
+            ignore_label=self.ignore_label,
+            file_name=mask_file,
+            image_file=dataset_dict["file_name"],
+        )
+        mask = mask.astype(np.uint8)
         for _ in range(10):
             params = crop_params(rng, height, width, self.ratio_range, self.crop_size)
             out_image, out_mask, _ = resize_pad_crop(

@@ -6,8 +6,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import configurable
-from detectron2.data import detection_utils as utils
 
+from ..image_io import read_image
 from .augment import apply_photometric, crop_params, random_photometric_params, resize_pad_crop
 from .build import DATASET_MAPPER_REGISTRY
 
@@ -89,7 +89,7 @@ class SemanticUnlabeledMapper:
 
     def geometric_view(self, dataset_dict: dict, rng) -> Tuple[torch.Tensor, torch.Tensor]:
         """Read the image and return its weak view ``[3, H, W]`` uint8 and padding ``[H, W]``."""
-        image = utils.read_image(dataset_dict["file_name"], format=self.image_format)
+        image = read_image(dataset_dict["file_name"], format=self.image_format)
         height, width = image.shape[:2]
         dataset_dict.setdefault("height", height)
         dataset_dict.setdefault("width", width)

@@ -27,6 +27,7 @@ through :func:`~hiervl.data.datasets.semseg.register_semseg_split`.
 import hashlib
 import logging
 import os
+import posixpath
 import random
 import re
 import shutil
@@ -39,6 +40,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
+from ..image_io import ImageReadError
 from .demo import demo_cache_dir
 from .semseg import SplitFileError, read_split_file, register_semseg_split
 
@@ -64,6 +66,9 @@ __all__ = [
     "make_splits",
     "write_split_files",
     "load_or_create_splits",
+    "StaleSplits",
+    "find_stale_splits",
+    "refresh_splits",
     "folder_cache_dir",
     "resolve_palette_path",
     "register_folder",
@@ -75,6 +80,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 MASK_EXTENSIONS = (".png",)
 IGNORE_LABEL = 255
 SPLIT_FILES = ("labeled.txt", "unlabeled.txt", "val.txt")
+# Encoding of the text files a user writes (classes.txt, palette): UTF-8, where a leading
+# byte-order mark (written by some Windows editors) is dropped, not read into the first name.
+TEXT_ENCODING = "utf-8-sig"
 RGB = Tuple[int, int, int]
 
 
@@ -136,7 +144,7 @@ def read_classes(path: os.PathLike) -> Tuple[List[str], List[List[str]]]:
     path = Path(path)
     if not path.is_file():
         raise FolderDatasetError(f"Class list not found: {path} (one class name per line)")
-    names, descriptions, problems = parse_classes(path.read_text(encoding="utf-8"), str(path))
+    names, descriptions, problems = parse_classes(path.read_text(encoding=TEXT_ENCODING), str(path))
     if problems:
         raise FolderDatasetError("\n".join(problems))
     return names, descriptions
@@ -240,7 +248,9 @@ def read_palette(path: os.PathLike, num_classes: Optional[int] = None) -> Palett
     path = Path(path)
     if not path.is_file():
         raise FolderDatasetError(f"Palette file not found: {path}")
-    palette, problems = parse_palette(path.read_text(encoding="utf-8"), num_classes, str(path))
+    palette, problems = parse_palette(
+        path.read_text(encoding=TEXT_ENCODING), num_classes, str(path)
+    )
     if palette is None:
         raise FolderDatasetError("\n".join(problems))
     return palette
@@ -491,6 +501,83 @@ def read_folder_splits(split_dir: os.PathLike, scan: FolderScan) -> FolderSplits
     return FolderSplits(labeled, unlabeled, val, split_dir=split_dir, generated=False)
 
 
+@dataclass
+class StaleSplits:
+    """Images on disk that a folder's split files leave out (added after they were written).
+
+    Paths are relative to the folder, in stem order.
+
+    Attributes:
+        new_labeled: images with a mask, listed in no split file.
+        now_labeled: images listed in ``unlabeled.txt`` that have a mask now.
+        new_unlabeled: images without a mask, listed in no split file (only when the split
+            files include ``unlabeled.txt``: without it the pool is every image without a mask).
+    """
+
+    new_labeled: List[str]
+    now_labeled: List[str]
+    new_unlabeled: List[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.new_labeled or self.now_labeled or self.new_unlabeled)
+
+    def describe(self, root: os.PathLike, split_dir: os.PathLike) -> str:
+        """What is left out and the two ways to refresh the split files."""
+        parts = []
+        for paths, what in (
+            (self.new_labeled, "with a mask, in no split file"),
+            (self.now_labeled, "listed in unlabeled.txt that have a mask now"),
+            (self.new_unlabeled, "without a mask, in no split file"),
+        ):
+            if paths:
+                more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+                parts.append(f"{len(paths)} image(s) {what} ({', '.join(paths[:3])}{more})")
+        return (
+            f"Folder dataset {root}: files added after the split files in {split_dir} were "
+            f"written are not used as they should be: {'; '.join(parts)}. To add them (val.txt "
+            f"stays as it is): python tools/make_splits.py --folder {root}; to draw a new "
+            f"train / val split instead: delete {split_dir}"
+        )
+
+
+def find_stale_splits(scan: FolderScan, splits: FolderSplits) -> StaleSplits:
+    """Compare a folder's split files with what is on disk (see :class:`StaleSplits`).
+
+    Args:
+        scan: the folder's scan.
+        splits: its split files, as :func:`read_folder_splits` returns them.
+    """
+    norm = posixpath.normpath
+    labeled = {norm(i) for i, _ in splits.labeled + splits.val}
+    unlabeled = {norm(i) for i in splits.unlabeled}
+    new_labeled, now_labeled, new_unlabeled = [], [], []
+    for stem, image in scan.images.items():
+        if image in labeled:
+            continue
+        if stem in scan.masks:
+            (now_labeled if image in unlabeled else new_labeled).append(image)
+        elif image not in unlabeled:
+            new_unlabeled.append(image)
+    return StaleSplits(new_labeled, now_labeled, new_unlabeled)
+
+
+def refresh_splits(scan: FolderScan, splits: FolderSplits) -> FolderSplits:
+    """The split files plus what :func:`find_stale_splits` finds: new and newly labelled
+    images are appended to the labelled training split, new unlabelled ones to the pool;
+    ``val`` and every listed image keep their place (results stay comparable)."""
+    stale = find_stale_splits(scan, splits)
+    by_image = {image: stem for stem, image in scan.images.items()}
+    moved = set(stale.now_labeled)
+    added = sorted(stale.new_labeled + stale.now_labeled)
+    return FolderSplits(
+        labeled=splits.labeled + [(i, scan.masks[by_image[i]]) for i in added],
+        unlabeled=[i for i in splits.unlabeled if posixpath.normpath(i) not in moved]
+        + stale.new_unlabeled,
+        val=list(splits.val),
+        split_dir=splits.split_dir,
+    )
+
+
 def make_splits(scan: FolderScan, *, val_fraction: float, seed: int = 0) -> FolderSplits:
     """Draw the train / val split of the labelled images (deterministic for a seed).
 
@@ -560,16 +647,21 @@ def load_or_create_splits(
 ) -> FolderSplits:
     """The folder's splits: read from split files when they exist, else drawn and written.
 
-    Split files are looked for in ``ROOT/splits`` then the folder's cache. A drawn split is
-    written to ``ROOT/splits`` (the cache when the folder is not writable) unless ``write`` is
-    False.
+    Split files are looked for in ``ROOT/splits`` then the folder's cache; images added after
+    they were written are not used, and a warning names them (see :func:`find_stale_splits`).
+    A drawn split is written to ``ROOT/splits`` (the cache when the folder is not writable)
+    unless ``write`` is False.
     """
     root = Path(root)
     scan = scan_folder(root)
     split_dir = find_split_dir(root)
     if split_dir is not None:
         logger.info("Folder dataset %s: using split files in %s", root, split_dir)
-        return read_folder_splits(split_dir, scan)
+        splits = read_folder_splits(split_dir, scan)
+        stale = find_stale_splits(scan, splits)
+        if stale:  # never re-split silently: say what is left out and how to add it
+            logger.warning(stale.describe(root, split_dir))
+        return splits
     splits = make_splits(scan, val_fraction=val_fraction, seed=seed)
     if write:
         try:
@@ -641,13 +733,18 @@ class _MaskResolver:
         source = self.root / mask_rel
         if not source.is_file():
             return mask_rel
-        with Image.open(source) as mask:
-            if mask.mode == "L" and mask.format == "PNG":
-                return mask_rel
-            target = self.cache / Path(mask_rel).with_suffix(".png")
-            if target.is_file() and target.stat().st_mtime > source.stat().st_mtime:
-                return str(target)
-            ids = mask_to_ids(mask, self.palette, str(source))
+        try:
+            with Image.open(source) as mask:
+                if mask.mode == "L" and mask.format == "PNG":
+                    return mask_rel
+                target = self.cache / Path(mask_rel).with_suffix(".png")
+                if target.is_file() and target.stat().st_mtime > source.stat().st_mtime:
+                    return str(target)
+                ids = mask_to_ids(mask, self.palette, str(source))
+        except FolderDatasetError:
+            raise
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's messages name no file
+            raise ImageReadError(f"{source}: cannot read mask ({type(e).__name__}: {e})") from e
         _write_png_atomic(target, ids)
         return str(target)
 

@@ -186,8 +186,8 @@ class _LazyResolver:
 def write_split_files(
     split_dir: os.PathLike,
     *,
-    train_lines: Sequence[str],
-    val_lines: Sequence[str],
+    train_lines: Optional[Sequence[str]],
+    val_lines: Optional[Sequence[str]],
     budgets: Sequence[int],
     seed: int,
     labeled_pool: Optional[Sequence[str]] = None,
@@ -200,8 +200,9 @@ def write_split_files(
 
     Args:
         split_dir: ``<root>/splits/<split_name>``.
-        train_lines: ``image mask`` lines of the whole training set (sorted by the caller).
-        val_lines: lines of ``val.txt``.
+        train_lines: ``image mask`` lines of the whole training set (sorted by the caller);
+            None writes no budget folder (e.g. only the validation half is downloaded).
+        val_lines: lines of ``val.txt``; None writes no ``val.txt``.
         budgets: labelled budgets.
         seed: seed of the permutation.
         labeled_pool: lines labelled images are drawn from (VOC: the 1,464 originals);
@@ -211,18 +212,23 @@ def write_split_files(
         ``{"<n>/labeled.txt": count, ...}`` of what was written.
     """
     split_dir = Path(split_dir)
-    pool = list(labeled_pool if labeled_pool is not None else train_lines)
-    train_set = set(train_lines)
-    missing = [line for line in pool if line not in train_set]
-    if missing:
-        raise ValueError(f"{len(missing)} labelled-pool lines are not in the training set")
-    too_big = [n for n in budgets if n > len(pool)]
-    if too_big:
-        raise ValueError(f"Budgets {too_big} exceed the {len(pool)} candidate labelled images")
-    order = np.random.default_rng(seed).permutation(len(pool))
+    written = {}
+    if train_lines is not None:
+        pool = list(labeled_pool if labeled_pool is not None else train_lines)
+        train_set = set(train_lines)
+        missing = [line for line in pool if line not in train_set]
+        if missing:
+            raise ValueError(f"{len(missing)} labelled-pool lines are not in the training set")
+        too_big = [n for n in budgets if n > len(pool)]
+        if too_big:
+            raise ValueError(f"Budgets {too_big} exceed the {len(pool)} candidate labelled images")
     split_dir.mkdir(parents=True, exist_ok=True)
-    written = {"val.txt": len(val_lines)}
-    (split_dir / "val.txt").write_text("".join(f"{line}\n" for line in val_lines))
+    if val_lines is not None:
+        (split_dir / "val.txt").write_text("".join(f"{line}\n" for line in val_lines))
+        written["val.txt"] = len(val_lines)
+    if train_lines is None:
+        return written
+    order = np.random.default_rng(seed).permutation(len(pool))
     for n in budgets:
         chosen = {pool[i] for i in order[:n]}
         labeled = [line for line in pool if line in chosen]

@@ -9,7 +9,9 @@ into a lazy ``DatasetCatalog`` entry plus the standard ``MetadataCatalog`` field
 Masks read at load time hold train ids ``0..C-1`` and ``ignore_label`` (255): detectron2's
 ``SemSegEvaluator`` reads ``sem_seg_file_name`` directly, so preparation tools convert raw
 labels beforehand. :func:`validate_semseg_sample` and :func:`validate_semseg_files` check
-that contract (sizes, id range) for mappers and tools.
+that contract (sizes, id range) for mappers and tools; :func:`load_semseg_split` compares the
+sizes of every labelled pair from the files' headers when a split is loaded, so that a mask of
+the wrong size stops a run before training or evaluation starts.
 """
 
 import logging
@@ -19,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from PIL import Image
+
+from ..image_io import ImageHeader, ImageReadError, read_image, read_image_header
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ __all__ = [
     "validate_semseg_sample",
     "validate_semseg_files",
     "SplitFileError",
+    "check_pair_sizes",
+    "size_mismatch_message",
 ]
 
 # A callable mapping the mask path of a split line (relative to the root) onto the file that
@@ -71,7 +76,8 @@ def read_split_file(
     if not split_file.is_file():
         raise SplitFileError(f"Split file not found: {split_file}")
     entries = []
-    with open(split_file, encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Windows editors) is not part of the first path.
+    with open(split_file, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, start=1):
             fields = line.split()
             if not fields or fields[0].startswith("#"):
@@ -97,6 +103,7 @@ def load_semseg_split(
     labeled: bool = True,
     resolve_mask: Optional[MaskResolver] = None,
     check_files: bool = True,
+    check_sizes: bool = True,
 ) -> List[Dict[str, Any]]:
     """Read a split file into detectron2 dataset dicts.
 
@@ -108,6 +115,9 @@ def load_semseg_split(
         resolve_mask: maps a line's mask path onto the converted train-id file (both relative
             to ``root``); None keeps it.
         check_files: raise :class:`SplitFileError` naming the line when a file is missing.
+        check_sizes: labelled splits: compare each mask's size with its image's (EXIF
+            orientation applied) from the files' headers, and raise :class:`SplitFileError`
+            naming every mismatching pair (see :func:`check_pair_sizes`).
 
     Returns:
         dicts with ``file_name``, ``image_id`` (the image's relative path without extension)
@@ -115,6 +125,7 @@ def load_semseg_split(
     """
     root = Path(root)
     dicts = []
+    lines = []
     for line_no, image_rel, mask_rel in read_split_file(split_file, labeled=labeled):
         record: Dict[str, Any] = {
             "file_name": str(root / image_rel),
@@ -134,8 +145,76 @@ def load_semseg_split(
                         f"(paths are relative to {root})"
                     )
         dicts.append(record)
+        lines.append(line_no)
+    if labeled and check_sizes:
+        check_pair_sizes(dicts, lines, split_file)
     logger.info("Loaded %d images from %s", len(dicts), split_file)
     return dicts
+
+
+def size_mismatch_message(
+    image_file: str, image: ImageHeader, mask_file: str, mask_hw: Tuple[int, int]
+) -> str:
+    """What is wrong with a mask whose size ``mask_hw`` ``(H, W)`` is not its image's."""
+    mask_h, mask_w = mask_hw
+    mask_named = f"mask {mask_file}" if mask_file else "the mask"
+    image_named = f"its image {image_file}" if image_file else "its image"
+    text = (
+        f"{mask_named} is {mask_w}x{mask_h} (WxH) but {image_named} is "
+        f"{image.width}x{image.height}; a mask must have its image's size (masks are not resized)"
+    )
+    if image.rotated and (mask_w, mask_h) == (image.height, image.width):
+        text += (
+            f". The image's EXIF orientation {image.orientation} turns its stored "
+            f"{image.height}x{image.width} by 90 degrees when it is read, and the mask has the "
+            f"stored orientation: rotate the mask the same way, or save the image with the "
+            f"rotation applied and no EXIF orientation"
+        )
+    return text
+
+
+def check_pair_sizes(
+    dataset_dicts: Sequence[Dict[str, Any]],
+    line_numbers: Optional[Sequence[int]] = None,
+    split_file: os.PathLike = "",
+) -> None:
+    """Compare the size of every labelled pair from the files' headers (nothing is decoded).
+
+    Args:
+        dataset_dicts: dicts with ``file_name`` and ``sem_seg_file_name``.
+        line_numbers: the split-file line of each dict (for the messages), or None.
+        split_file: named in the messages.
+
+    Raises:
+        SplitFileError: listing every pair whose mask is not of its image's size (EXIF
+            orientation applied to the image), or whose header cannot be read.
+    """
+    problems = []
+    for index, record in enumerate(dataset_dicts):
+        where = f"{split_file}:{line_numbers[index]}: " if line_numbers is not None else ""
+        try:
+            image = read_image_header(record["file_name"])
+            mask = read_image_header(record["sem_seg_file_name"], kind="mask")
+        except (ImageReadError, FileNotFoundError) as e:
+            problems.append(f"{where}{e}")
+            continue
+        if (mask.height, mask.width) != (image.height, image.width):
+            problems.append(
+                where
+                + size_mismatch_message(
+                    record["file_name"],
+                    image,
+                    record["sem_seg_file_name"],
+                    (mask.height, mask.width),
+                )
+            )
+    if problems:
+        listed = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise SplitFileError(
+            f"{len(problems)} of {len(dataset_dicts)} labelled pairs cannot be used:\n  "
+            f"{listed}{more}"
+        )
 
 
 def register_semseg_split(
@@ -200,30 +279,39 @@ def validate_semseg_sample(
     num_classes: int,
     ignore_label: int = 255,
     file_name: str = "",
+    image_file: str = "",
 ) -> None:
     """Check one labelled sample against the mask contract; raise ``ValueError`` if broken.
 
     Args:
         image_hw: ``(H, W)`` of the image.
-        sem_seg: integer mask ``[H, W]``.
+        sem_seg: integer mask ``[H, W]``, before any cast (a 16-bit mask keeps its values).
         num_classes: ``C``; valid ids are ``0..C-1`` and ``ignore_label``.
         ignore_label: the ignore value.
-        file_name: named in the error message.
+        file_name: the mask's file, named in the message.
+        image_file: the image's file, named in the size message.
     """
     where = f" ({file_name})" if file_name else ""
     if sem_seg.ndim != 2:
         raise ValueError(f"Mask must be single-channel [H, W], got shape {sem_seg.shape}{where}")
     if tuple(sem_seg.shape) != tuple(image_hw):
-        raise ValueError(
-            f"Mask size {sem_seg.shape[1]}x{sem_seg.shape[0]} (WxH) differs from image size "
-            f"{image_hw[1]}x{image_hw[0]}{where}"
-        )
-    values = np.unique(sem_seg)
+        # Only on this error path: the image's EXIF orientation, for the message.
+        orientation = read_image_header(image_file).orientation if image_file else 1
+        image = ImageHeader(*image_hw, orientation)
+        raise ValueError(size_mismatch_message(image_file, image, file_name, sem_seg.shape))
+    if sem_seg.dtype == np.uint8:  # the common case: a histogram is cheaper than np.unique
+        values = np.flatnonzero(np.bincount(sem_seg.ravel(), minlength=256))
+    else:
+        values = np.unique(sem_seg)
     bad = values[(values != ignore_label) & ((values < 0) | (values >= num_classes))]
     if bad.size:
+        named = ", ".join(n for n in (file_name, image_file and f"image {image_file}") if n)
         raise ValueError(
             f"Mask holds label ids {bad.tolist()} outside 0..{num_classes - 1} and ignore "
-            f"{ignore_label}{where}; convert raw labels with the dataset's preparation tool"
+            f"{ignore_label}" + (f" ({named})" if named else "") + ": every id must be a class "
+            f"of the dataset's class list ({num_classes} classes, MODEL.HIERVL.NUM_CLASSES) or "
+            f"{ignore_label} for ignored pixels; the built-in datasets' raw labels are converted "
+            f"by their preparation tool"
         )
 
 
@@ -247,16 +335,15 @@ def validate_semseg_files(
     """
     checked = 0
     for record in dataset_dicts[:limit] if limit is not None else dataset_dicts:
-        with Image.open(record["file_name"]) as img:
-            width, height = img.size
-        with Image.open(record["sem_seg_file_name"]) as m:
-            mask = np.asarray(m)
+        image = read_image_header(record["file_name"])
+        mask = read_image(record["sem_seg_file_name"], kind="mask")
         validate_semseg_sample(
-            (height, width),
+            (image.height, image.width),
             mask,
             num_classes=num_classes,
             ignore_label=ignore_label,
             file_name=record["sem_seg_file_name"],
+            image_file=record["file_name"],
         )
         checked += 1
     return checked
