@@ -1,0 +1,130 @@
+"""The class descriptions shipped with VOC / COCO / ADE20K / Cityscapes and their loader."""
+
+from types import SimpleNamespace
+
+import pytest
+from detectron2.config import get_cfg
+from detectron2.data import MetadataCatalog
+
+import hiervl.data  # noqa: F401  (registers the dataset names)
+from hiervl.config import add_hiervl_config
+from hiervl.data.datasets.builtin import BUILTIN_DATASETS
+from hiervl.data.datasets.class_descriptions import (
+    DESCRIPTIONS_DIR,
+    dataset_class_descriptions,
+    names_match,
+    read_class_descriptions,
+)
+from hiervl.data.datasets.folder import parse_classes
+from hiervl.modeling.clip.factory import build_tokenizer
+
+KEYS = sorted(BUILTIN_DATASETS)
+
+
+def test_one_file_per_builtin_dataset_and_nothing_else():
+    assert sorted(p.stem for p in DESCRIPTIONS_DIR.glob("*.txt")) == KEYS
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_file_has_one_clean_line_per_class(key):
+    spec = BUILTIN_DATASETS[key][0]
+    path = DESCRIPTIONS_DIR / f"{key}.txt"
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n") and not text.endswith("\n\n")
+    lines = text.splitlines()
+    assert len(lines) == len(spec.stuff_classes)
+    for line_no, line in enumerate(lines, start=1):
+        where = f"{path.name}:{line_no}"
+        # Exactly "name<TAB>description": one tab, no leading / trailing / doubled spaces.
+        assert line.count("\t") == 1, where
+        name, desc = line.split("\t")
+        for part in (name, desc):
+            assert part and part == part.strip() and "  " not in part, where
+        # Names are plain names, not comma lists of synonyms (what CLIP should read).
+        assert "," not in name, where
+    names, descriptions, problems = parse_classes(text, str(path))
+    assert not problems
+    flat = [d for descs in descriptions for d in descs]
+    assert len(set(names)) == len(names) and len(set(flat)) == len(flat) == len(lines)
+    # The loader accepts it against the registered class list (count and names).
+    assert read_class_descriptions(path, spec.stuff_classes) == descriptions
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_descriptions_fit_the_prompted_text_context(key):
+    """A description longer than ViT-B/16's 77 tokens minus the 8 prompts would be cut off
+    silently by the tokenizer."""
+    cfg = get_cfg()
+    add_hiervl_config(cfg)
+    room = 77 - cfg.MODEL.HIERVL.CLIP.PROMPT_LENGTH
+    _, descriptions, _ = parse_classes((DESCRIPTIONS_DIR / f"{key}.txt").read_text())
+    tokens = build_tokenizer("ViT-B-16")([d[0] + "." for d in descriptions], context_length=77)
+    assert int((tokens != 0).sum(dim=1).max()) <= room
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_registration_points_at_the_shipped_file(key):
+    spec = BUILTIN_DATASETS[key][0]
+    for name in spec.dataset_names():
+        meta = MetadataCatalog.get(name)
+        assert meta.class_descriptions_file == str(DESCRIPTIONS_DIR / f"{key}.txt")
+        # Not read at registration: only MODEL.HIERVL.CLIP.DATASET_DESCRIPTIONS reads it.
+        assert meta.get("class_descriptions", None) is None
+
+
+def test_names_match_loosely_but_not_anything():
+    # Cleaned spellings of detectron2's ADE20K names, and plain equality, are accepted ...
+    assert names_match("window", "window ")
+    assert names_match("escalator", "escalator, moving staircase, moving stairway")
+    assert names_match("trash can", "trash can")
+    assert names_match("tub", "bathtub") and names_match("tv", "tv monitor")
+    assert names_match("Rock", "rock, stone")
+    # ... a neighbouring class is not (a file shifted by one line is caught).
+    assert not names_match("chair", "sofa")
+    assert not names_match("wall", "building")
+
+
+def test_loader_errors_name_the_file_and_line(tmp_path):
+    classes = ["sky", "tree", "road"]
+    path = tmp_path / "d.txt"
+    path.write_text("sky\tthe blue sky\ntree\ta green tree\n")
+    with pytest.raises(ValueError, match=r"d\.txt: 2 lines for 3 classes"):
+        read_class_descriptions(path, classes)
+    path.write_text("sky\tthe blue sky\nroad\ta grey road\ntree\ta green tree\n")
+    with pytest.raises(ValueError, match=r"d\.txt:2: 'road' does not match class 1 'tree'"):
+        read_class_descriptions(path, classes)
+    path.write_text("sky\tthe blue sky\ntree\nroad\ta grey road\n")
+    with pytest.raises(ValueError, match=r"d\.txt:2: no description"):
+        read_class_descriptions(path, classes)
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        read_class_descriptions(tmp_path / "missing.txt", classes)
+    path.write_text("sky\tthe blue sky\ntree\ta green tree\tan oak\nroad\ta grey road\n")
+    assert read_class_descriptions(path, classes)[1] == ["a green tree", "an oak"]
+
+
+def _meta(**fields):
+    meta = SimpleNamespace(name="toy", stuff_classes=["sky", "tree"], **fields)
+    meta.get = lambda key, default=None: getattr(meta, key, default)
+    return meta
+
+
+def test_dataset_class_descriptions_on_off_and_own(tmp_path):
+    path = tmp_path / "d.txt"
+    path.write_text("sky\tthe blue sky\ntree\ta green tree\n")
+    with_file = _meta(class_descriptions_file=str(path))
+    assert dataset_class_descriptions(with_file, use_file=False) is None
+    assert dataset_class_descriptions(with_file, use_file=True) == [
+        ["the blue sky"],
+        ["a green tree"],
+    ]
+    # A dataset's own descriptions (folder classes.txt, demo) are kept, on or off, and the
+    # file's join them when on.
+    both = _meta(class_descriptions=[["clear sky"], []], class_descriptions_file=str(path))
+    assert dataset_class_descriptions(both, use_file=False) == [["clear sky"], []]
+    assert dataset_class_descriptions(both, use_file=True) == [
+        ["clear sky", "the blue sky"],
+        ["a green tree"],
+    ]
+    own_only = _meta(class_descriptions=[["clear sky"], []])
+    assert dataset_class_descriptions(own_only, use_file=True) == [["clear sky"], []]
+    assert dataset_class_descriptions(_meta(), use_file=True) is None
