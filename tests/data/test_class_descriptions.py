@@ -5,10 +5,13 @@ from types import SimpleNamespace
 import pytest
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
+from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES, COCO_CATEGORIES
 
 import hiervl.data  # noqa: F401  (registers the dataset names)
 from hiervl.config import add_hiervl_config
+from hiervl.data.datasets import class_descriptions
 from hiervl.data.datasets.builtin import BUILTIN_DATASETS
+from hiervl.data.datasets.cityscapes import CITYSCAPES_CLASSES
 from hiervl.data.datasets.class_descriptions import (
     DESCRIPTIONS_DIR,
     dataset_class_descriptions,
@@ -16,9 +19,20 @@ from hiervl.data.datasets.class_descriptions import (
     read_class_descriptions,
 )
 from hiervl.data.datasets.folder import parse_classes
+from hiervl.data.datasets.voc import VOC_CLASSES
 from hiervl.modeling.clip.factory import build_tokenizer
 
 KEYS = sorted(BUILTIN_DATASETS)
+# Each dataset's classes in train-id order as published (detectron2's comma-joined synonym
+# lists for ADE20K; COCO's background + 80 things by category id): the files must follow this
+# order whatever spelling the registration gives a class.
+CANONICAL = {
+    "voc": VOC_CLASSES,
+    "cityscapes": CITYSCAPES_CLASSES,
+    "ade20k": tuple(ADE20K_SEM_SEG_CATEGORIES),
+    "coco": ("background",)
+    + tuple(c["name"] for c in sorted(COCO_CATEGORIES, key=lambda c: c["id"]) if c["isthing"]),
+}
 
 
 def test_one_file_per_builtin_dataset_and_nothing_else():
@@ -46,7 +60,13 @@ def test_file_has_one_clean_line_per_class(key):
     assert not problems
     flat = [d for descs in descriptions for d in descs]
     assert len(set(names)) == len(names) and len(set(flat)) == len(flat) == len(lines)
-    # The loader accepts it against the registered class list (count and names).
+    # Every line names the class of its train id (loosely: "escalator" for "escalator, moving
+    # staircase, moving stairway"), so that no description lands on a neighbouring class.
+    canonical = CANONICAL[key]
+    assert len(canonical) == len(spec.stuff_classes)
+    wrong = [(i, a, b) for i, (a, b) in enumerate(zip(names, canonical)) if not names_match(a, b)]
+    assert not wrong
+    # The loader accepts it against the registered class list.
     assert read_class_descriptions(path, spec.stuff_classes) == descriptions
 
 
@@ -90,6 +110,7 @@ def test_loader_errors_name_the_file_and_line(tmp_path):
     path.write_text("sky\tthe blue sky\ntree\ta green tree\n")
     with pytest.raises(ValueError, match=r"d\.txt: 2 lines for 3 classes"):
         read_class_descriptions(path, classes)
+    # A shifted file: most names do not match their classes.
     path.write_text("sky\tthe blue sky\nroad\ta grey road\ntree\ta green tree\n")
     with pytest.raises(ValueError, match=r"d\.txt:2: 'road' does not match class 1 'tree'"):
         read_class_descriptions(path, classes)
@@ -100,6 +121,21 @@ def test_loader_errors_name_the_file_and_line(tmp_path):
         read_class_descriptions(tmp_path / "missing.txt", classes)
     path.write_text("sky\tthe blue sky\ntree\ta green tree\tan oak\nroad\ta grey road\n")
     assert read_class_descriptions(path, classes)[1] == ["a green tree", "an oak"]
+
+
+def test_a_renamed_class_only_warns(tmp_path, monkeypatch):
+    """The dataset may spell a class differently from the file (e.g. a cleaner ADE20K name):
+    the line order decides, the odd name is logged with its line."""
+    warnings = []
+    # The module's logger itself (caplog misses it once detectron2's setup_logger has set
+    # propagate=False on "hiervl" in an earlier test).
+    monkeypatch.setattr(class_descriptions.logger, "warning", warnings.append)
+    path = tmp_path / "d.txt"
+    path.write_text("sky\tthe blue sky\nfalls\twater dropping over rocks\nroad\ta grey road\n")
+    out = read_class_descriptions(path, ["sky", "waterfall", "road"])
+    assert out[1] == ["water dropping over rocks"]
+    assert len(warnings) == 1
+    assert "d.txt:2: 'falls' does not match class 1 'waterfall'" in warnings[0]
 
 
 def _meta(**fields):

@@ -1,10 +1,11 @@
 """Class descriptions shipped with the built-in datasets (HVLFormer's dataset-aware prompts).
 
 ``descriptions/<key>.txt`` (``voc``, ``coco``, ``ade20k``, ``cityscapes``) is written in the
-format of a folder dataset's ``classes.txt`` (docs/CUSTOM_DATA.md): line ``i`` is class id
-``i``, ``name<TAB>description``. The file is keyed by line order; the name is there to be read
-and is checked loosely against the registered class name (see :func:`names_match`), so that a
-shifted or shortened file is caught while a cleaner spelling of a registered name is not.
+format of a folder dataset's ``classes.txt`` (docs/CUSTOM_DATA.md): line ``k`` (from 1) is
+class id ``k - 1``, ``name<TAB>description``. The file is keyed by line order and its length must be the
+class count; the name is there to be read and is checked loosely against the registered class
+name (see :func:`read_class_descriptions`), so that a shifted file or another dataset's is
+caught while a class renamed since the file was written (a cleaner spelling) only warns.
 
 Registration stores the file's path in the dataset metadata (``class_descriptions_file``);
 :func:`dataset_class_descriptions` reads it when ``MODEL.HIERVL.CLIP.DATASET_DESCRIPTIONS`` is
@@ -64,17 +65,21 @@ def read_class_descriptions(path: os.PathLike, class_names: Sequence[str]) -> Li
     """Read a descriptions file and check it against the dataset's class list.
 
     Args:
-        path: ``name<TAB>description[<TAB>description...]`` per line, line ``i`` = class id
-            ``i`` (the ``classes.txt`` format).
+        path: ``name<TAB>description[<TAB>description...]`` per line, line ``k`` (from 1) =
+            class id ``k - 1`` (the ``classes.txt`` format).
         class_names: the registered ``stuff_classes`` (``C`` entries).
 
     Returns:
         ``C`` lists of description strings, in class order.
 
+    Names are compared loosely (:func:`names_match`). A name that does not match its class is
+    logged as a warning naming the line (a class renamed since the file was written); when
+    most names do not match (a shifted file, or another dataset's), it is an error.
+
     Raises:
         FileNotFoundError: no file at ``path``.
         ValueError: naming the file and line: a count other than ``C``, a line without a
-            description, a name that does not match its class, a duplicate name.
+            description, a duplicate name, or names that mostly do not match their classes.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,16 +90,22 @@ def read_class_descriptions(path: os.PathLike, class_names: Sequence[str]) -> Li
             f"{path}: {len(names)} lines for {len(class_names)} classes (one line per class, "
             "in class-id order)"
         )
+    mismatches = []
     for line_no, (name, descs, class_name) in enumerate(
         zip(names, descriptions, class_names), start=1
     ):
         if not descs:
             problems.append(f"{path}:{line_no}: no description after the name (name<TAB>text)")
         if name and not names_match(name, class_name):
-            problems.append(
+            mismatches.append(
                 f"{path}:{line_no}: {name!r} does not match class {line_no - 1} "
                 f"{class_name!r} of the dataset (line i is class id i-1)"
             )
+    if 2 * len(mismatches) > len(names):
+        problems += mismatches
+    else:
+        for message in mismatches:
+            logger.warning(message)
     if problems:
         raise ValueError("\n".join(problems))
     return descriptions
