@@ -23,15 +23,26 @@ from hiervl.data.datasets.voc import VOC_CLASSES
 from hiervl.modeling.clip.factory import build_tokenizer
 
 KEYS = sorted(BUILTIN_DATASETS)
+# The files name each class as the text encoder should read it (one natural name), which may
+# share no word with the published name; these are the published names plus such spellings.
+_CLEANER = {"tv": "television", "falls": "waterfall"}
+
+
+def _published(names):
+    return tuple(f"{n}, {_CLEANER[n]}" if n in _CLEANER else n for n in names)
+
+
 # Each dataset's classes in train-id order as published (detectron2's comma-joined synonym
 # lists for ADE20K; COCO's background + 80 things by category id): the files must follow this
 # order whatever spelling the registration gives a class.
 CANONICAL = {
     "voc": VOC_CLASSES,
     "cityscapes": CITYSCAPES_CLASSES,
-    "ade20k": tuple(ADE20K_SEM_SEG_CATEGORIES),
-    "coco": ("background",)
-    + tuple(c["name"] for c in sorted(COCO_CATEGORIES, key=lambda c: c["id"]) if c["isthing"]),
+    "ade20k": _published(ADE20K_SEM_SEG_CATEGORIES),
+    "coco": _published(
+        ("background",)
+        + tuple(c["name"] for c in sorted(COCO_CATEGORIES, key=lambda c: c["id"]) if c["isthing"])
+    ),
 }
 
 
