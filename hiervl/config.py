@@ -49,9 +49,14 @@ def add_hiervl_config(cfg: CN) -> None:
     clip.PROMPT_INIT_STD = 0.02
     # Fixed template t0_c used by the prompt regularisers (Eq. 3-4); "{}" is the class name.
     clip.TEMPLATE = "a photo of a {}."
-    # Optional text file of per-class descriptions (HVLFormer dataset-aware prompts): lines
+    # Optional text file of your own per-class descriptions, any dataset: lines
     # "class name<TAB>description"; the embeddings of a class's variants are averaged.
     clip.DESCRIPTIONS_FILE = ""
+    # Add the class descriptions shipped with the training dataset (metadata
+    # class_descriptions_file: hiervl/data/datasets/descriptions/<voc|coco|ade20k|cityscapes>.txt)
+    # as variants of each class; HVLFormer turns this on. A dataset's own descriptions (a
+    # folder's classes.txt, the demo's) are used whatever this says.
+    clip.DATASET_DESCRIPTIONS = False
 
     # ---- §3.3 Pixel decoder with CMSAM -----------------------------------------------------
     pd = hv.PIXEL_DECODER = CN()

@@ -17,6 +17,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
+from .data.datasets.class_descriptions import dataset_class_descriptions
 from .modeling.clip import CLIPImageEncoder, PromptTextEncoder, build_open_clip_from_config
 from .modeling.criterion import HierVLCriterion, semantic_targets
 from .modeling.heads import HSQG, build_transformer_decoder
@@ -207,7 +208,9 @@ class HierVL(nn.Module):
             ),
             "criterion": HierVLCriterion(cfg),
             "class_names": list(class_names),
-            "class_descriptions": metadata.get("class_descriptions", None),
+            "class_descriptions": dataset_class_descriptions(
+                metadata, use_file=hv.CLIP.DATASET_DESCRIPTIONS
+            ),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "size_divisibility": hv.SIZE_DIVISIBILITY,

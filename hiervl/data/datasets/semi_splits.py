@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from .class_descriptions import builtin_descriptions_file
 from .semseg import MaskResolver, datasets_root, read_split_file, register_semseg_split
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,9 @@ def register_semi_dataset(
     for n in spec.budgets:
         entries.append((f"{prefix}_train_{n}_labeled", n, "labeled", True))
         entries.append((f"{prefix}_train_{n}_unlabeled", n, "unlabeled", False))
+    # The shipped class descriptions (read only when MODEL.HIERVL.CLIP.DATASET_DESCRIPTIONS).
+    descriptions = builtin_descriptions_file(spec.key)
+    extra = {"class_descriptions_file": str(descriptions)} if descriptions else {}
     names = []
     for name, budget, kind, labeled in entries:
         if name in DatasetCatalog.list():
@@ -152,6 +156,7 @@ def register_semi_dataset(
             labeled=labeled,
             prepare=_prepare,
             resolve_mask=_LazyResolver(spec, root),
+            **extra,
         )
         names.append(name)
     return names

@@ -4,9 +4,13 @@ from detectron2.config import CfgNode as CN
 
 
 def add_hvlformer_config(cfg: CN) -> None:
-    """Add the ``HVLFORMER`` keys (CMCR, METHOD §7) and select HVLFormer's three-view mapper."""
+    """Add the ``HVLFORMER`` keys (CMCR, METHOD §7), select HVLFormer's three-view mapper and
+    turn the datasets' class descriptions on."""
     # Unlabelled mapper with the original, weak and strong views.
     cfg.SEMI.DATASET_MAPPER_NAME = "hvlformer_unlabeled"
+    # Dataset-aware prompts (METHOD.md §1): the descriptions shipped with VOC / COCO / ADE20K /
+    # Cityscapes join each class name as averaged variants.
+    cfg.MODEL.HIERVL.CLIP.DATASET_DESCRIPTIONS = True
     hv = cfg.HVLFORMER = CN()
     # Weak view: light colour jitter (probability, (brightness, contrast, saturation, hue)).
     hv.WEAK_JITTER_PROB = 0.8
