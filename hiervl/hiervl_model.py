@@ -266,6 +266,7 @@ class HierVL(nn.Module):
         presence: Optional[torch.Tensor] = None,
         labeled: Optional[torch.Tensor] = None,
         feature_dropout: float = 0.0,
+        return_attn: bool = False,
     ) -> Tuple[Dict, Optional[Dict], torch.Tensor]:
         """Encoder -> HSQG -> pixel decoder -> decoder on padded, normalised images.
 
@@ -277,6 +278,9 @@ class HierVL(nn.Module):
             feature_dropout: channel-dropout probability on the encoder's feature maps before
                 the pixel decoder (UniMatch's feature perturbation; the global embedding that
                 HSQG reads is left as it is).
+            return_attn: also put CMSAM's pixel -> text attention (its last block's, per
+                level) in the outputs as ``cmsam_attn``: a list of ``[B, C·E, h, w]`` at strides
+                32, 16, 8, or None without CMSAM.
 
         Returns:
             decoder outputs, the HSQG outputs (None without HSQG), and ``row_classes [K]``
@@ -293,7 +297,13 @@ class HierVL(nn.Module):
         if self.hsqg is not None:
             hs = self._hsqg(text, features["global"], presence, labeled)
             queries, keep = hs["queries"], hs["keep"]
-        mask_features, multi_scale, refined = self.pixel_decoder(features, queries, keep)
+        attn = None
+        if return_attn:
+            mask_features, multi_scale, refined, attn = self.pixel_decoder(
+                features, queries, keep, return_attn=True
+            )
+        else:
+            mask_features, multi_scale, refined = self.pixel_decoder(features, queries, keep)
         if self.class_queries:
             outputs = self.decoder(multi_scale, mask_features, refined, keep)
             class_rows = hs["row_class"]
@@ -306,6 +316,8 @@ class HierVL(nn.Module):
             dtype=torch.long,
             device=images.device,
         )
+        if return_attn:
+            outputs["cmsam_attn"] = attn
         return outputs, hs, torch.cat([class_rows, instance_rows])
 
     def _hsqg(self, text, image_global, presence, labeled) -> Dict[str, torch.Tensor]:
@@ -329,13 +341,15 @@ class HierVL(nn.Module):
             batched_inputs: detectron2 dicts. Training: ``image`` uint8 ``[3,H,W]``, ``sem_seg``
                 long ``[H,W]`` (255 ignore), optional ``sem_seg_weight`` float ``[H,W]``,
                 optional ``feature_dropout`` float (the batch's largest is applied to every
-                image's encoder features),
+                image's encoder features), optional ``absent_classes`` bool ``[C]`` (unlabelled
+                images: classes their pseudo-label rules out, see ``_absent_classes``),
                 optional ``labeled`` bool (default True; a batch without a labelled image
                 leaves out the image-independent prompt losses, Eq. 3-5, which its labelled
                 batch already counts). Inference: ``image`` and optional
                 ``height`` / ``width`` of the output.
             return_outputs: training only; also return the decoder outputs (with
-                ``aux_outputs``, per layer) for consistency regularisers.
+                ``aux_outputs``, per layer, and CMSAM's attention ``cmsam_attn``, see
+                ``_run``) for consistency regularisers.
 
         Returns:
             training: dict of weighted losses (``(losses, outputs)`` with ``return_outputs``);
@@ -381,13 +395,16 @@ class HierVL(nn.Module):
 
         text = self.text_embeddings()
         feature_dropout = max(float(x.get("feature_dropout", 0.0)) for x in batched_inputs)
-        outputs, hs, row_classes = self._run(images, text, presence, labeled, feature_dropout)
+        outputs, hs, row_classes = self._run(
+            images, text, presence, labeled, feature_dropout, return_attn=return_outputs
+        )
         losses = self.criterion(
-            self._unknown_rows_detached(outputs, row_classes, presence, labeled),
+            outputs,
             targets,
             row_classes=row_classes,
             row_keep=outputs["keep"],
             text_embeds=text,
+            absent=self._absent_classes(batched_inputs, presence, labeled),
         )
         if self.hsqg is not None and self.hsqg.relevance_enabled and self.relevance_weight > 0:
             use = labeled & has_pixels
@@ -407,52 +424,54 @@ class HierVL(nn.Module):
             return losses, outputs
         return losses
 
-    @staticmethod
-    def _unknown_rows_detached(
-        outputs: Dict, row_classes: torch.Tensor, presence: torch.Tensor, labeled: torch.Tensor
-    ) -> Dict:
-        """Decoder outputs for the criterion, with the class logits of rows whose target is
-        unknown detached (their classification loss then trains nothing).
-
-        A thresholded pseudo-label tells which classes are present (they kept confident pixels),
-        not which are absent: a class whose pixels all fell below the threshold is unknown, and
-        a "no object" target for its row would teach the student that the class is missing
-        (small classes, whose confidences stay low, are then forgotten). On unlabelled images
-        only the class rows of pseudo-labelled classes keep a classification gradient; their
-        mask losses and the instance rows' Hungarian mask losses are unchanged.
+    def view_outputs(self, images: torch.Tensor) -> Dict:
+        """Decoder outputs of unlabelled training views, without any loss (HVLFormer's CMCR
+        views): no targets, no matching, no Eq. 6-7 encoder passes.
 
         Args:
-            outputs: decoder outputs (``pred_logits [B, K, C+1]``, ``aux_outputs``).
-            row_classes: ``[K]`` class of each row (-1 for instance rows).
-            presence: ``[B, C]`` bool classes of the targets (kept pseudo-label pixels).
-            labeled: ``[B]`` bool.
+            images: ``[B, 3, H, W]`` 0-255 RGB (any dtype), H and W any size (zero-padded after
+                normalisation, as in training).
 
         Returns:
-            a shallow copy of ``outputs`` (the same dict when every image is labelled).
+            the outputs of ``forward(..., return_outputs=True)`` for these images as unlabelled
+            (predicted relevance): ``pred_logits``, ``pred_masks``, ``keep``, ``aux_outputs``,
+            ``cmsam_attn``.
+        """
+        normalized = (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
+        outputs, _, _ = self._run(self._pad(normalized), self.text_embeddings(), return_attn=True)
+        return outputs
+
+    def _absent_classes(
+        self, batched_inputs: List[Dict], presence: torch.Tensor, labeled: torch.Tensor
+    ) -> Optional[torch.Tensor]:
+        """``[B, C]`` bool classes known to be absent from each image's target, for the
+        criterion's class loss (METHOD §8), or None when every image is labelled.
+
+        Ground truth is complete: a labelled image's absent classes are those without a pixel.
+        A pseudo-label is not: below-threshold pixels may hide any class. An unlabelled image's
+        absent classes are those its ``absent_classes`` input names (the trainer: classes whose
+        teacher probability stays low on every pixel), never a class it has pixels of; without
+        that input none is known absent. Rows of the other classes then take no part in the
+        class loss (``HierVLCriterion``), instead of being taught that their class is missing.
         """
         if bool(labeled.all()):
-            return outputs
-        class_rows = row_classes >= 0
-        known = torch.zeros(
-            presence.shape[0], row_classes.numel(), dtype=torch.bool, device=presence.device
-        )
-        # A row is tied to its class's segment only when it is kept (criterion): a present
-        # class whose rows the relevance mask dropped would otherwise be trained as absent.
-        known[:, class_rows] = presence[:, row_classes[class_rows]]
-        if outputs.get("keep") is not None:
-            known &= outputs["keep"].to(known.device)
-        unknown = (~labeled[:, None] & ~known)[..., None]
-
-        def detach_unknown(layer: Dict) -> Dict:
-            layer = dict(layer)
-            logits = layer["pred_logits"]
-            layer["pred_logits"] = torch.where(unknown, logits.detach(), logits)
-            return layer
-
-        out = detach_unknown(outputs)
-        if "aux_outputs" in outputs:
-            out["aux_outputs"] = [detach_unknown(aux) for aux in outputs["aux_outputs"]]
-        return out
+            return None
+        absent = ~presence
+        for b, x in enumerate(batched_inputs):
+            if bool(labeled[b]):
+                continue
+            given = x.get("absent_classes")
+            if given is None:
+                absent[b] = False
+            else:
+                given = torch.as_tensor(given, dtype=torch.bool, device=presence.device)
+                if given.shape != (self.num_classes,):
+                    raise ValueError(
+                        f"absent_classes must be [{self.num_classes}] bool, got "
+                        f"{tuple(given.shape)}"
+                    )
+                absent[b] = given & ~presence[b]
+        return absent
 
     def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Eq. 3-5 between ``t̂`` and the fixed-template ``t⁰``."""

@@ -148,28 +148,136 @@ def test_unlabelled_batch_leaves_prompt_losses_to_labelled_one(model):
     assert "loss_topo" in losses and "loss_anchor" in losses
 
 
-def test_unlabelled_rows_of_unknown_classes_get_no_class_gradient():
-    """Pseudo-labels say which classes are present, not which are absent (see HierVL)."""
-    logits = torch.randn(2, 5, 4, requires_grad=True)  # 2 classes x 2 levels + 1 instance row
-    outputs = {"pred_logits": logits, "aux_outputs": [{"pred_logits": logits * 2}]}
-    row_classes = torch.tensor([0, 0, 1, 1, -1])
-    presence = torch.tensor([[True, False], [True, False]])
-    labeled = torch.tensor([True, False])
-    out = HierVL._unknown_rows_detached(outputs, row_classes, presence, labeled)
-    (out["pred_logits"].sum() + out["aux_outputs"][0]["pred_logits"].sum()).backward()
-    has_grad = logits.grad.abs().sum(-1) > 0
-    # labelled image: every row; unlabelled image: only the rows of its pseudo-labelled class 0.
-    assert has_grad.tolist() == [[True] * 5, [True, True, False, False, False]]
-    all_labeled = torch.tensor([True, True])
-    assert HierVL._unknown_rows_detached(outputs, row_classes, presence, all_labeled) is outputs
-    # a pseudo-labelled class whose rows the relevance mask dropped is not tied to its segment
-    # (criterion): its rows are unknown too, not trained as "no object"
+def _unlabelled_class_step(model, absent):
+    """loss_ce of one unlabelled image whose pseudo-label holds classes 0 and 1 (every pixel):
+    the last layer's logits (with their gradient), its row assignment, and the kept rows."""
+    sem = torch.zeros(64, 64, dtype=torch.long)
+    sem[:, 32:] = 1
+    image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator())
+    item = {"image": image, "sem_seg": sem, "labeled": False}
+    if absent is not None:
+        item["absent_classes"] = absent
+    assigned = []
+    assign = model.criterion.assign
+
+    def spy(*args, **kwargs):
+        out = assign(*args, **kwargs)
+        assigned.append(out)
+        return out
+
+    model.criterion.assign = spy
+    # keep every class row (the random tiny model's relevance would drop most of them)
+    threshold, model.hsqg.relevance_threshold = model.hsqg.relevance_threshold, 0.0
+    try:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        losses, outputs = model([item], return_outputs=True)
+    finally:
+        model.criterion.assign = assign
+        model.hsqg.relevance_threshold = threshold
+    logits = outputs["pred_logits"]
+    logits.retain_grad()
+    losses["loss_ce"].backward()
+    rows, cols = assigned[0][0]  # the first call is the last layer's
+    return logits, {int(r): int(c) for r, c in zip(rows, cols)}, outputs["keep"][0]
+
+
+def test_unlabelled_image_trains_matched_rows_and_known_absent_classes(model):
+    """METHOD §8: an unlabelled image is trained like a labelled one on its pseudo-label. The
+    instance rows matched to its segments learn their classes (they used to get no class
+    gradient), and the rows of classes the pseudo-label rules out learn "no object"; rows of
+    classes it cannot speak for learn nothing (a "no object" target would teach the student
+    that a class hidden under the unsure pixels is missing)."""
+    num_classes = model.num_classes
+    absent = torch.ones(num_classes, dtype=torch.bool)
+    absent[:2] = False  # present (they have pixels): never absent
+    absent[5] = False  # class 5: unknown (e.g. likely somewhere under the ignored pixels)
+    torch.manual_seed(0)
+    logits, assigned, keep = _unlabelled_class_step(model, absent)
+    assert keep.all()
+    grad = logits.grad[0]
+    row_classes = model.hsqg.row_class(num_classes)
+    class_rows = row_classes.numel()
+    matched = [r for r in assigned if r >= class_rows]
+    assert len(matched) == 2  # one instance row per pseudo-labelled segment
+    for row in matched:
+        assert grad[row].abs().sum() > 0, row
+    for row, c in enumerate(row_classes.tolist()):
+        if c in (0, 1):
+            assert grad[row].abs().sum() > 0  # tied to its segment
+        elif c == 5:
+            assert grad[row].abs().sum() == 0  # unknown: no target
+        else:
+            # known absent: pushed toward "no object" (descent raises its logit)
+            assert grad[row, -1] < 0, (row, c)
+    # unmatched instance rows: "no object", unless they claim the unknown class
+    claims = logits[0].detach().argmax(-1)
+    for row in range(class_rows, logits.shape[1]):
+        if row in assigned:
+            continue
+        if int(claims[row]) == 5:
+            assert grad[row].abs().sum() == 0
+        else:
+            assert grad[row, -1] < 0
+
+    # without a word on absence, no class row but the present ones has a target
+    logits, _, _ = _unlabelled_class_step(model, None)
+    grad = logits.grad[0]
+    for row, c in enumerate(row_classes.tolist()):
+        assert (grad[row].abs().sum() > 0) == (c in (0, 1)), (row, c)
+
+
+def test_criterion_leaves_out_rows_the_pseudo_label_cannot_speak_for():
+    """The class-loss targets with ``absent`` given, on hand-made rows: classes 0 (present),
+    1 (known absent), 2 (unknown); class rows 0, 1, 2 (one level), then instance rows."""
+    from hiervl.modeling.criterion import HierVLCriterion, semantic_targets
+    from hiervl.modeling.matcher import HungarianMatcher
+
+    crit = HierVLCriterion(
+        num_classes=3,
+        matcher=HungarianMatcher(num_points=64),
+        class_weight=1.0,
+        mask_weight=0.0,
+        dice_weight=0.0,
+        align_weight=0.0,
+        no_object_weight=1.0,
+        num_points=64,
+        oversample_ratio=3.0,
+        importance_sample_ratio=0.75,
+    )
+    sem = torch.full((8, 8), 255, dtype=torch.long)
+    sem[:, :4] = 0
+    targets = [semantic_targets(sem, 3)]
+    row_classes = torch.tensor([0, 1, 2, -1, -1, -1, -1, -1])
+    logits = torch.full((1, 8, 4), -5.0)
+    # instance rows claim: class 0 (matched), class 0 (duplicate), 1, 2, no object
+    for row, claim in zip(range(3, 8), (0, 0, 1, 2, 3)):
+        logits[0, row, claim] = 5.0
+    masks = torch.full((1, 8, 8, 8), -5.0)
+    masks[0, 3, :, :4] = 5.0  # row 3 predicts the segment of class 0: the matched row
+    logits.requires_grad_(True)
+    outputs = {"pred_logits": logits, "pred_masks": masks}
+    keep = torch.ones(1, 8, dtype=torch.bool)
+    absent = torch.tensor([[False, True, False]])
+    crit(outputs, targets, row_classes=row_classes, row_keep=keep, absent=absent)[
+        "loss_ce"
+    ].backward()
+    trained = (logits.grad[0].abs().sum(-1) > 0).tolist()
+    # class rows: 0 tied, 1 "no object", 2 unknown; instance rows: matched, duplicate of a
+    # present class, known-absent claim, unknown claim (left out), "no object" claim
+    assert trained == [True, True, False, True, True, True, False, True]
+    assert logits.grad[0, 1, -1] < 0 and logits.grad[0, 4, -1] < 0
+    # complete targets (ground truth): every row has a target
     logits.grad = None
-    keep = torch.tensor([[True] * 5, [False, True, True, True, True]])
-    out = HierVL._unknown_rows_detached({**outputs, "keep": keep}, row_classes, presence, labeled)
-    out["pred_logits"].sum().backward()
-    has_grad = logits.grad.abs().sum(-1) > 0
-    assert has_grad.tolist() == [[True] * 5, [False, True, False, False, False]]
+    crit(outputs, targets, row_classes=row_classes, row_keep=keep)["loss_ce"].backward()
+    assert (logits.grad[0].abs().sum(-1) > 0).all()
+    # a present class whose row the relevance gate dropped: not tied, and not known absent
+    logits.grad = None
+    keep[0, 0] = False
+    crit(outputs, targets, row_classes=row_classes, row_keep=keep, absent=absent)[
+        "loss_ce"
+    ].backward()
+    assert logits.grad[0, 0].abs().sum() == 0
 
 
 def test_feature_dropout_perturbs_the_pixel_features_not_the_global_embedding(model):

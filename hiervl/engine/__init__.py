@@ -11,8 +11,8 @@ from .optim import (
     clip_gradients,
 )
 from .semi import (
+    cutmix,
     finalize_pseudo_labels,
-    mix_with_partner,
     pseudo_labels_from_probs,
     sample_cutmix_masks,
 )
@@ -34,10 +34,10 @@ __all__ = [
     "build_resumable_loader",
     "build_teacher",
     "clip_gradients",
+    "cutmix",
     "ema_momentum",
     "ema_update",
     "finalize_pseudo_labels",
-    "mix_with_partner",
     "pseudo_labels_from_probs",
     "sample_cutmix_masks",
     "stack_views",

@@ -14,10 +14,11 @@ __all__ = [
     "class_pixel_prior",
     "align_distribution",
     "mean_class_probability",
+    "class_peak_probability",
     "class_balanced_thresholds",
     "finalize_pseudo_labels",
     "sample_cutmix_masks",
-    "mix_with_partner",
+    "cutmix",
     "unsup_rampup",
 ]
 
@@ -109,6 +110,14 @@ def mean_class_probability(probs: torch.Tensor, valid: Optional[torch.Tensor]) -
     if flat.shape[1] == 0:
         return torch.full((probs.shape[1],), 1.0 / probs.shape[1], device=probs.device)
     return flat.mean(1)
+
+
+@torch.no_grad()
+def class_peak_probability(probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``[B, C]`` largest probability of each class over the ``valid [B, H, W]`` pixels of each
+    image of ``probs [B, C, H, W]`` (0 for an image without a valid pixel)."""
+    valid = valid.to(probs.device)[:, None]
+    return torch.where(valid, probs.float(), torch.zeros((), device=probs.device)).amax((2, 3))
 
 
 @torch.no_grad()
@@ -240,20 +249,20 @@ def sample_cutmix_masks(
     return masks
 
 
-def mix_with_partner(x: torch.Tensor, masks: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
-    """CutMix ``x`` with ``x[partner]`` inside ``masks``.
+def cutmix(x: torch.Tensor, partner: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """CutMix: ``partner`` pasted into ``x`` inside ``masks``.
 
     Args:
         x: ``[B, ..., H, W]`` (images ``[B, 3, H, W]``, labels / confidences ``[B, H, W]``).
+        partner: like ``x``, each image's mix partner (e.g. from a second unlabelled batch).
         masks: ``[B, H, W]`` bool, True where the partner's pixels are taken.
-        partner: ``[B]`` long, index of each image's partner in the batch.
 
     Returns:
-        tensor like ``x``: ``x[i]`` outside ``masks[i]``, ``x[partner[i]]`` inside.
+        tensor like ``x``: ``x[i]`` outside ``masks[i]``, ``partner[i]`` inside.
     """
     m = masks.to(x.device)
     m = m.view(m.shape[0], *([1] * (x.dim() - 3)), *m.shape[-2:])
-    return torch.where(m, x[partner.to(x.device)], x)
+    return torch.where(m, partner.to(x.device), x)
 
 
 def unsup_rampup(step: int, length: int) -> float:

@@ -2,17 +2,23 @@
 
 One step:
     1. draw the rank's share of a labelled batch (``SOLVER.IMS_PER_BATCH`` global) and, when the
-       unlabelled losses are on, of an unlabelled batch (``SEMI.IMS_PER_BATCH_UNLABELED``);
-    2. the teacher predicts the weak views (``semantic_probs``, no grad; averaged with its
-       prediction on the mirrored views with ``SEMI.TEACHER_FLIP``), aligned to the
-       labelled class prior with ``SEMI.DISTRIBUTION_ALIGNMENT``: argmax labels and
-       confidences; padded pixels are ignored;
-    3. CutMix (``SEMI.CUTMIX_PROB``): each strong view takes a box from its partner in the batch
-       (the next image), and labels, confidences and padding masks are mixed the same way;
+       unlabelled losses are on, of an unlabelled batch (``SEMI.IMS_PER_BATCH_UNLABELED``) and,
+       with CutMix on, of a mix batch of the same size from a second, independent unlabelled
+       stream (UniMatch's mix loader);
+    2. CutMix boxes (``SEMI.CUTMIX_PROB`` per image): image ``i`` of the batch will take a box
+       from image ``i`` of the mix batch, so CutMix works at any per-process batch size;
+    3. the teacher predicts the weak views of the batch and of the mix partners that give a box
+       (``semantic_probs``, no grad; averaged with its prediction on the mirrored views with
+       ``SEMI.TEACHER_FLIP``), aligned to the labelled class prior with
+       ``SEMI.DISTRIBUTION_ALIGNMENT``: argmax labels and confidences; padded pixels are ignored;
+       strong views, labels, confidences and padding masks are mixed with the same boxes;
     4. targets: ``threshold`` mode — confidence below ``SEMI.CONF_THRESHOLD`` is ignored (with
        ``SEMI.CLASS_BALANCED_RATIO`` > 0, per-class thresholds: every class predicted in the
        batch keeps its most confident pixels, so small classes are not learnt as absent);
-       ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``);
+       ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``); and the
+       classes each mixed image rules out (``absent_classes``): those whose teacher probability
+       stays below ``1 - SEMI.CONF_THRESHOLD`` on every pixel — only their rows learn "no
+       object" (METHOD §8);
     5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × its
        loss on the mixed strong views (``labeled=False``; with ``SEMI.FEATURE_DROPOUT``, channel
        dropout on their encoder features), one forward of
@@ -51,10 +57,11 @@ from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer, clip_gradi
 from .semi import (
     align_distribution,
     class_balanced_thresholds,
+    class_peak_probability,
     class_pixel_prior,
+    cutmix,
     finalize_pseudo_labels,
     mean_class_probability,
-    mix_with_partner,
     pseudo_labels_from_probs,
     sample_cutmix_masks,
     unsup_rampup,
@@ -80,15 +87,22 @@ AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def stack_views(
-    tensors: Sequence[torch.Tensor], pad_value: float = 0
+    tensors: Sequence[torch.Tensor],
+    pad_value: float = 0,
+    size: Optional[Tuple[int, int]] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``[..., H_i, W_i]`` tensors, padding bottom/right to the largest size.
+    """Stack ``[..., H_i, W_i]`` tensors, padding bottom/right to the largest size (or to
+    ``size`` ``(H, W)``, at least as large).
 
     Returns:
         ``[B, ..., H, W]`` and ``padded`` ``[B, H, W]`` bool (True where padding was added).
     """
     h = max(t.shape[-2] for t in tensors)
     w = max(t.shape[-1] for t in tensors)
+    if size is not None:
+        if size[0] < h or size[1] < w:
+            raise ValueError(f"stack_views: size {tuple(size)} is smaller than the views {(h, w)}")
+        h, w = int(size[0]), int(size[1])
     out = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], h, w), pad_value)
     padded = torch.ones(len(tensors), h, w, dtype=torch.bool)
     for i, t in enumerate(tensors):
@@ -175,6 +189,7 @@ class SemiSupervisedStep(SimpleTrainer):
         cutmix_prob: float,
         amp_dtype: Optional[torch.dtype],
         clip_gradients: Optional[Dict],
+        mix_loader: Optional[ResumableLoader] = None,
     ):
         """
         Args:
@@ -201,12 +216,15 @@ class SemiSupervisedStep(SimpleTrainer):
             cutmix_prob: probability of a CutMix box per unlabelled image.
             amp_dtype: autocast dtype, or None for full precision.
             clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
+            mix_loader: the second unlabelled stream whose batches give the CutMix boxes
+                (None: no CutMix).
         """
         super().__init__(objective, labeled_loader, optimizer)
         self.student = student
         self.teacher = teacher
         self.labeled_loader = labeled_loader
         self.unlabeled_loader = unlabeled_loader
+        self.mix_loader = mix_loader
         device = next(student.parameters()).device
         self.device = device
         self.pixel_mean = torch.tensor(pixel_mean, device=device).view(-1, 1, 1)
@@ -227,7 +245,6 @@ class SemiSupervisedStep(SimpleTrainer):
         self.amp_dtype = amp_dtype
         self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         self.clip_gradients = clip_gradients
-        self._warned_small_batch = False
 
     # ---- pieces of the step, overridable by projects -----------------------------------
     def autocast(self):
@@ -261,8 +278,14 @@ class SemiSupervisedStep(SimpleTrainer):
         self, weak: torch.Tensor, valid: Optional[torch.Tensor] = None
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Teacher's labels and confidences ``[B, H, W]`` of weak views ``[B, 3, H, W]`` uint8
-        (averaged with its mirrored prediction with ``teacher_flip``; with distribution
-        alignment over the ``valid [B, H, W]`` pixels when a class prior is set)."""
+        (argmax of :meth:`teacher_probs`)."""
+        return pseudo_labels_from_probs(self.teacher_probs(weak, valid))
+
+    @torch.no_grad()
+    def teacher_probs(self, weak: torch.Tensor, valid: Optional[torch.Tensor] = None):
+        """Teacher's class distribution ``[B, C, H, W]`` (float) of weak views ``[B, 3, H, W]``
+        uint8, averaged with its mirrored prediction with ``teacher_flip``; with distribution
+        alignment over the ``valid [B, H, W]`` pixels when a class prior is set."""
         images = self.normalize(weak)
         with self.autocast():
             probs = self.teacher.semantic_probs(images)
@@ -273,58 +296,85 @@ class SemiSupervisedStep(SimpleTrainer):
             # the batch mean over every process: the same alignment everywhere
             batch_mean = all_reduce_mean(mean_class_probability(probs, valid))
             probs = align_distribution(probs, self.class_prior, batch_mean=batch_mean)
-        return pseudo_labels_from_probs(probs)
+        return probs.float()
 
-    def prepare_unlabeled(self, batch: List[dict]) -> Dict[str, torch.Tensor]:
+    def prepare_unlabeled(
+        self, batch: List[dict], mix_batch: Optional[List[dict]] = None
+    ) -> Dict[str, torch.Tensor]:
         """Pseudo-labelled, CutMix'ed strong views of an unlabelled batch (steps 2-4).
+
+        Args:
+            batch: mapped unlabelled dicts (``image`` = weak view, ``image_strong``,
+                ``ignore_mask``).
+            mix_batch: as many dicts from the mix stream: image ``i`` of ``batch`` takes its
+                CutMix box from image ``i`` of ``mix_batch``; None = no CutMix.
 
         Returns:
             dict of ``[B, ...]`` tensors: ``weak`` / ``strong`` (un-mixed) and ``strong_mixed``
             uint8 ``[B, 3, H, W]``; ``labels`` long, ``conf`` float and ``ignore`` bool
             ``[B, H, W]`` of the weak views (un-mixed); ``cutmix`` bool ``[B, H, W]`` (True =
-            from the partner), ``partner`` ``[B]``; the mixed targets ``targets`` long and
-            ``weights`` float ``[B, H, W]`` (None in "threshold" mode).
+            from the mix partner); the mixed targets ``targets`` long and ``weights`` float
+            ``[B, H, W]`` (None in "threshold" mode); ``absent`` bool ``[B, C]``, the classes
+            each mixed image rules out.
         """
-        weak, pad_w = stack_views([d["image"] for d in batch])
-        strong, _ = stack_views([d["image_strong"] for d in batch])
-        ignore, _ = stack_views([d["ignore_mask"] for d in batch], pad_value=True)
-        ignore = ignore | pad_w
-        labels, conf = self.teacher_predict(weak, ~ignore)
+        n = len(batch)
+        if mix_batch is not None and len(mix_batch) != n:
+            raise ValueError(f"mix batch of {len(mix_batch)} images for a batch of {n}")
+        views = list(batch) + list(mix_batch or [])
+        weak, pad = stack_views([d["image"] for d in views])
+        strong, _ = stack_views([d["image_strong"] for d in views])
+        ignore, _ = stack_views([d["ignore_mask"] for d in views], pad_value=True)
+        ignore = ignore | pad
+        _, _, h, w = weak.shape
+        prob = self.cutmix_prob if mix_batch is not None else 0.0
+        masks = sample_cutmix_masks(n, h, w, prob=prob)
+        boxed = masks.flatten(1).any(1)
+        # The teacher sees the batch and the mix partners whose box is used.
+        taught = torch.cat([torch.arange(n), n + torch.nonzero(boxed).flatten()])
+        probs = self.teacher_probs(weak[taught], ~ignore[taught])
+        labels, conf = pseudo_labels_from_probs(probs)
         labels, conf = labels.cpu(), conf.cpu()
-        n, _, h, w = strong.shape
-        if n < 2 and self.cutmix_prob > 0 and not self._warned_small_batch:
-            logger.warning("CutMix needs >= 2 unlabelled images per process; got %d", n)
-            self._warned_small_batch = True
-        masks = sample_cutmix_masks(n, h, w, prob=self.cutmix_prob if n > 1 else 0.0)
-        partner = torch.roll(torch.arange(n), -1)
         threshold = self.conf_threshold
         if self.pseudo_label_mode == "threshold" and self.class_balanced_ratio > 0:
             threshold = class_balanced_thresholds(
                 labels,
                 conf,
-                ignore,
-                num_classes=int(labels.max()) + 1,
+                ignore[taught],
+                num_classes=probs.shape[1],
                 threshold=self.conf_threshold,
                 keep_ratio=self.class_balanced_ratio,
             )
+        # each image's partner: its mix image where it has a box, itself elsewhere (unused)
+        partner = torch.arange(n)
+        partner[boxed] = torch.arange(n, len(taught))
+        peak = class_peak_probability(probs[:n], ~ignore[:n] & ~masks).cpu()
+        if bool(boxed.any()):
+            pasted = class_peak_probability(probs[n:], ~ignore[n:][boxed] & masks[boxed])
+            peak[boxed] = torch.maximum(peak[boxed], pasted.cpu())
+        mix_index = torch.arange(n, n + n) if mix_batch is not None else torch.arange(n)
         targets, weights = finalize_pseudo_labels(
-            mix_with_partner(labels, masks, partner),
-            mix_with_partner(conf, masks, partner),
-            mix_with_partner(ignore, masks, partner),
+            cutmix(labels[:n], labels[partner], masks),
+            cutmix(conf[:n], conf[partner], masks),
+            cutmix(ignore[:n], ignore[mix_index], masks),
             mode=self.pseudo_label_mode,
             threshold=threshold,
         )
+        # A class is ruled out where the teacher is as sure of its absence at every pixel as a
+        # kept pixel is of its label (METHOD §8); a class with target pixels is never absent.
+        absent = peak < 1.0 - self.conf_threshold
+        for i in range(n):
+            absent[i, targets[i][(targets[i] >= 0) & (targets[i] < absent.shape[1])]] = False
         return {
-            "weak": weak,
-            "strong": strong,
-            "strong_mixed": mix_with_partner(strong, masks, partner),
-            "labels": labels,
-            "conf": conf,
-            "ignore": ignore,
+            "weak": weak[:n],
+            "strong": strong[:n],
+            "strong_mixed": cutmix(strong[:n], strong[mix_index], masks),
+            "labels": labels[:n],
+            "conf": conf[:n],
+            "ignore": ignore[:n],
             "cutmix": masks,
-            "partner": partner,
             "targets": targets,
             "weights": weights,
+            "absent": absent,
         }
 
     @staticmethod
@@ -334,15 +384,18 @@ class SemiSupervisedStep(SimpleTrainer):
         targets: torch.Tensor,
         weights: Optional[torch.Tensor],
         feature_dropout: float = 0.0,
+        absent: Optional[torch.Tensor] = None,
     ) -> List[dict]:
         """Unlabelled training dicts (``labeled=False``) of images ``[B, 3, H, W]`` uint8 and
-        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given, and
-        ``feature_dropout`` when positive)."""
+        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given,
+        ``feature_dropout`` when positive, and ``absent_classes`` from ``absent [B, C]``)."""
         inputs = []
         for i, d in enumerate(batch):
             item = {"image": images[i], "sem_seg": targets[i], "labeled": False}
             if feature_dropout > 0:
                 item["feature_dropout"] = feature_dropout
+            if absent is not None:
+                item["absent_classes"] = absent[i]
             item.update({k: d[k] for k in ("height", "width", "file_name") if k in d})
             if weights is not None:
                 item["sem_seg_weight"] = weights[i]
@@ -351,10 +404,15 @@ class SemiSupervisedStep(SimpleTrainer):
 
     def strong_inputs(self, batch: List[dict], prep: Dict[str, torch.Tensor]) -> List[dict]:
         """The student's unlabelled inputs of a step: the mixed strong views of
-        :meth:`prepare_unlabeled` with their targets, feature-perturbed with
-        ``SEMI.FEATURE_DROPOUT``."""
+        :meth:`prepare_unlabeled` with their targets and ruled-out classes, feature-perturbed
+        with ``SEMI.FEATURE_DROPOUT``."""
         return self.student_inputs(
-            batch, prep["strong_mixed"], prep["targets"], prep["weights"], self.feature_dropout
+            batch,
+            prep["strong_mixed"],
+            prep["targets"],
+            prep["weights"],
+            self.feature_dropout,
+            prep["absent"],
         )
 
     def pseudo_label_stats(self, prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
@@ -365,16 +423,21 @@ class SemiSupervisedStep(SimpleTrainer):
             "semi/pseudo_conf_mean": float(conf[valid].mean()) if valid.any() else 0.0,
             "semi/pseudo_kept_ratio": float((prep["targets"] != 255).float().mean()),
             "semi/cutmix_ratio": float(prep["cutmix"].float().mean()),
+            "semi/absent_class_ratio": float(prep["absent"].float().mean()),
             "semi/unsup_weight": self.current_unsup_weight(),
         }
 
     def compute_losses(
-        self, labeled: List[dict], unlabeled_batch: Optional[List[dict]]
+        self,
+        labeled: List[dict],
+        unlabeled_batch: Optional[List[dict]],
+        mix_batch: Optional[List[dict]] = None,
     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
-        """Student losses of one step (steps 2-5)."""
+        """Student losses of one step (steps 2-5); ``mix_batch``: CutMix partners (None = no
+        CutMix)."""
         unlabeled, stats = (None, {})
         if unlabeled_batch is not None:
-            prep = self.prepare_unlabeled(unlabeled_batch)
+            prep = self.prepare_unlabeled(unlabeled_batch, mix_batch)
             unlabeled = self.strong_inputs(unlabeled_batch, prep)
             stats = self.pseudo_label_stats(prep)
         with self.autocast():
@@ -401,10 +464,14 @@ class SemiSupervisedStep(SimpleTrainer):
         assert self.model.training, "[SemiSupervisedStep] the student was put in eval mode"
         t0 = time.perf_counter()
         labeled = self.labeled_loader.next()
-        unlabeled_batch = self.unlabeled_loader.next() if self.semi_active() else None
+        unlabeled_batch = mix_batch = None
+        if self.semi_active():
+            unlabeled_batch = self.unlabeled_loader.next()
+            if self.mix_loader is not None:
+                mix_batch = self.mix_loader.next()
         data_time = time.perf_counter() - t0
 
-        loss_dict, stats = self.compute_losses(labeled, unlabeled_batch)
+        loss_dict, stats = self.compute_losses(labeled, unlabeled_batch, mix_batch)
         self.check_finite(loss_dict)
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -448,8 +515,8 @@ class HierVLTrainer(DefaultTrainer):
 
     Checkpoints hold: ``model`` (student), ``teacher``, ``trainer`` (iteration, optimiser,
     grad scaler, scheduler and RNG states through hooks), ``data_labeled`` /
-    ``data_unlabeled`` (stream seed and position). ``SEMI.ENABLED`` False: supervised only, no
-    teacher.
+    ``data_unlabeled`` / ``data_unlabeled_mix`` (CutMix's mix stream, when ``SEMI.CUTMIX_PROB``
+    > 0) (stream seed and position). ``SEMI.ENABLED`` False: supervised only, no teacher.
     """
 
     objective_class = SemiSupervisedObjective
@@ -471,11 +538,21 @@ class HierVLTrainer(DefaultTrainer):
             DatasetCatalog.get(name)
         semi = cfg.SEMI.ENABLED
         unlabeled_loader = self.build_unlabeled_loader(cfg, seed=seed + 1) if semi else None
+        # CutMix partners: a second, independent draw from the unlabelled data (its own seed).
+        mix = semi and cfg.SEMI.CUTMIX_PROB > 0
+        mix_loader = self.build_unlabeled_loader(cfg, seed=seed + 2) if mix else None
         self.student = student
         self.teacher = build_teacher(student) if semi else None
         objective = wrap_ddp(self.build_objective(cfg, student))
         self._trainer = self.build_step(
-            cfg, objective, student, self.teacher, labeled_loader, unlabeled_loader, optimizer
+            cfg,
+            objective,
+            student,
+            self.teacher,
+            labeled_loader,
+            unlabeled_loader,
+            optimizer,
+            mix_loader=mix_loader,
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         checkpointables = {"trainer": weakref.proxy(self), "data_labeled": labeled_loader}
@@ -483,6 +560,8 @@ class HierVLTrainer(DefaultTrainer):
             self._teacher_state = ModuleState(self.teacher)
             checkpointables["teacher"] = self._teacher_state
             checkpointables["data_unlabeled"] = unlabeled_loader
+        if mix_loader is not None:
+            checkpointables["data_unlabeled_mix"] = mix_loader
         self.checkpointer = AtomicCheckpointer(student, cfg.OUTPUT_DIR, **checkpointables)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
@@ -515,8 +594,9 @@ class HierVLTrainer(DefaultTrainer):
 
     @classmethod
     def build_unlabeled_loader(cls, cfg: CfgNode, seed: int = 1) -> ResumableLoader:
-        """The unlabelled stream: ``SEMI.UNLABELED_DATASETS`` through the mapper
-        ``SEMI.DATASET_MAPPER_NAME``."""
+        """An unlabelled stream: ``SEMI.UNLABELED_DATASETS`` through the mapper
+        ``SEMI.DATASET_MAPPER_NAME`` (the trainer builds two: the batches and, with CutMix,
+        their mix partners, with different seeds)."""
         if not cfg.SEMI.UNLABELED_DATASETS:
             raise ValueError("SEMI.ENABLED is True but SEMI.UNLABELED_DATASETS is empty")
         return build_resumable_loader(
@@ -587,7 +667,15 @@ class HierVLTrainer(DefaultTrainer):
 
     @classmethod
     def build_step(
-        cls, cfg, objective, student, teacher, labeled_loader, unlabeled_loader, optimizer
+        cls,
+        cfg,
+        objective,
+        student,
+        teacher,
+        labeled_loader,
+        unlabeled_loader,
+        optimizer,
+        mix_loader=None,
     ) -> SemiSupervisedStep:
         return cls.step_class(
             objective,
@@ -596,6 +684,7 @@ class HierVLTrainer(DefaultTrainer):
             labeled_loader,
             unlabeled_loader,
             optimizer,
+            mix_loader=mix_loader,
             **cls.step_kwargs(cfg),
         )
 

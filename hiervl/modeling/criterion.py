@@ -6,6 +6,12 @@ when ``c`` occurs in the image and the row is kept, otherwise "no object"; insta
 Hungarian-matched (``matcher.py``) to the image's segments (one per present class for semantic
 ground truth). Pixels with label ``ignore_value`` or weight 0 take no part in the mask losses;
 ``weight`` maps (confidence-weighted pseudo-labels) scale the per-pixel mask losses.
+
+Targets that may be incomplete (pseudo-labels, METHOD §8): ``absent`` names the classes known to
+be absent from each image. A row with no segment then targets "no object" only when that is
+known — a class row whose class is known absent, an instance row that claims (argmax) no class,
+a class known absent, or a class that has a segment (a duplicate) — and takes no part in the
+classification loss otherwise.
 """
 
 import logging
@@ -144,6 +150,7 @@ class HierVLCriterion(nn.Module):
         row_classes: torch.Tensor,
         row_keep: torch.Tensor,
         text_embeds: Optional[torch.Tensor] = None,
+        absent: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
@@ -156,6 +163,10 @@ class HierVLCriterion(nn.Module):
                 supervised as "no object").
             text_embeds: ``[C, Dt]`` class text embeddings (required when the alignment weight
                 is non-zero).
+            absent: ``[B, C]`` bool, classes known to be absent from each image's target; rows
+                without a segment whose "no object" target is not known take no part in the
+                classification loss (module docstring). None: the targets are complete (ground
+                truth), every row without a segment targets "no object".
 
         Returns:
             weighted losses ``loss_ce``, ``loss_mask``, ``loss_dice``, ``loss_align`` of the last
@@ -164,11 +175,13 @@ class HierVLCriterion(nn.Module):
         if self.align_weight != 0.0 and text_embeds is None:
             raise ValueError("text_embeds are required when the alignment loss is enabled")
         num_masks = self._count_masks(outputs, targets, row_classes, row_keep)
-        losses = self._layer_losses(outputs, targets, row_classes, row_keep, text_embeds, num_masks)
+        losses = self._layer_losses(
+            outputs, targets, row_classes, row_keep, text_embeds, num_masks, absent
+        )
         if self.deep_supervision:
             for i, aux in enumerate(outputs.get("aux_outputs", [])):
                 aux_losses = self._layer_losses(
-                    aux, targets, row_classes, row_keep, text_embeds, num_masks
+                    aux, targets, row_classes, row_keep, text_embeds, num_masks, absent
                 )
                 losses.update({f"{k}_{i}": v for k, v in aux_losses.items()})
         return losses
@@ -221,11 +234,15 @@ class HierVLCriterion(nn.Module):
             assignments.append((torch.cat(rows), torch.cat(cols)))
         return assignments
 
-    def _layer_losses(self, outputs, targets, row_classes, row_keep, text_embeds, num_masks):
+    def _layer_losses(
+        self, outputs, targets, row_classes, row_keep, text_embeds, num_masks, absent=None
+    ):
         assignments = self.assign(outputs, targets, row_classes, row_keep)
         losses = {}
         if self.class_weight != 0.0:
-            losses["loss_ce"] = self.class_weight * self._class_loss(outputs, targets, assignments)
+            losses["loss_ce"] = self.class_weight * self._class_loss(
+                outputs, targets, assignments, row_classes, absent
+            )
         if self.mask_weight != 0.0 or self.dice_weight != 0.0:
             bce, dice = self._mask_losses(outputs, targets, assignments, num_masks)
             if self.mask_weight != 0.0:
@@ -238,25 +255,57 @@ class HierVLCriterion(nn.Module):
             )
         return losses
 
-    def _class_loss(self, outputs, targets, assignments) -> torch.Tensor:
-        """Cross-entropy over all rows; unassigned rows target "no object". Images without a
-        single valid pixel carry no information on presence and are left out."""
+    def _class_loss(self, outputs, targets, assignments, row_classes, absent=None):
+        """Cross-entropy over the rows; assigned rows target their segment's class, the others
+        "no object" — with ``absent`` given, only where that is known (:meth:`_unknown_rows`).
+        Images without a single valid pixel carry no information on presence and are left out.
+        """
         logits = outputs["pred_logits"].float()
         batch, num_rows, _ = logits.shape
         target_classes = torch.full(
             (batch, num_rows), self.num_classes, dtype=torch.long, device=logits.device
         )
+        assigned = torch.zeros(batch, num_rows, dtype=torch.bool, device=logits.device)
         image_valid = torch.ones(batch, dtype=torch.bool, device=logits.device)
         for b, ((rows, cols), target) in enumerate(zip(assignments, targets)):
             target_classes[b, rows] = target["labels"][cols]
+            assigned[b, rows] = True
             image_valid[b] = bool((target["weight"] > 0).any())
+        if absent is not None:
+            unknown = self._unknown_rows(logits, targets, row_classes, absent) & ~assigned
+            target_classes[unknown] = -100  # cross_entropy's ignore_index
+            image_valid &= (target_classes != -100).any(1)
         if not bool(image_valid.any()):
             return logits.sum() * 0.0
         return F.cross_entropy(
             logits[image_valid].transpose(1, 2),
             target_classes[image_valid],
             weight=self.empty_weight.to(logits.dtype),
+            ignore_index=-100,
         )
+
+    def _unknown_rows(self, logits, targets, row_classes, absent) -> torch.Tensor:
+        """``[B, K]`` bool: rows whose "no object" target is not known, were they unassigned.
+
+        A class row speaks for its class: "no object" is known when the class is known absent
+        (a present class's row without a segment was dropped by the relevance gate: unknown).
+        An instance row speaks for the class it claims (argmax of its logits, no gradient):
+        "no object" is known when it claims no object, a class known absent, or a class that has
+        a segment (which another row is matched to); a row claiming a class the target cannot
+        speak for may be the one that would describe it.
+        """
+        device = logits.device
+        absent = absent.to(device=device, dtype=torch.bool)
+        present = torch.zeros_like(absent)
+        for b, target in enumerate(targets):
+            present[b, target["labels"].to(device)] = True
+        row_classes = row_classes.to(device)
+        class_rows = row_classes >= 0
+        claim = logits.detach().argmax(-1)  # [B, K], C = no object
+        claim_real = claim.clamp(max=self.num_classes - 1)
+        claim_known = (claim == self.num_classes) | torch.gather(absent | present, 1, claim_real)
+        row_known = absent[:, row_classes.clamp(min=0)]
+        return torch.where(class_rows[None], ~row_known, ~claim_known)
 
     def _mask_losses(self, outputs, targets, assignments, num_masks):
         """Point-sampled weighted BCE and dice over the assigned (row, segment) pairs."""

@@ -8,16 +8,17 @@ from torch import nn
 
 from hiervl.engine import (
     build_teacher,
+    cutmix,
     ema_momentum,
     ema_update,
     finalize_pseudo_labels,
-    mix_with_partner,
     pseudo_labels_from_probs,
     sample_cutmix_masks,
 )
 from hiervl.engine.semi import (
     align_distribution,
     class_balanced_thresholds,
+    class_peak_probability,
     class_pixel_prior,
     mean_class_probability,
     unsup_rampup,
@@ -143,17 +144,32 @@ def test_class_pixel_prior_counts_labelled_pixels(tmp_path):
 
 def test_cutmix_mixes_images_labels_and_masks_alike():
     images = torch.stack([torch.full((3, 2, 2), 10), torch.full((3, 2, 2), 20)]).to(torch.uint8)
+    partners = torch.stack([torch.full((3, 2, 2), 30), torch.full((3, 2, 2), 40)]).to(torch.uint8)
     labels = torch.tensor([[[1, 1], [1, 1]], [[2, 2], [2, 2]]])
-    ignore = torch.tensor([[[False, False], [False, False]], [[True, False], [False, False]]])
+    partner_labels = torch.tensor([[[3, 3], [3, 3]], [[4, 4], [4, 4]]])
+    ignore = torch.zeros(2, 2, 2, dtype=torch.bool)
+    partner_ignore = torch.tensor(
+        [[[True, False], [False, False]], [[False, False], [False, True]]]
+    )
     masks = torch.tensor([[[True, False], [False, False]], [[False, False], [False, True]]])
-    partner = torch.tensor([1, 0])
-    mixed = mix_with_partner(images, masks, partner)
-    assert mixed[0, :, 0, 0].tolist() == [20, 20, 20] and mixed[0, :, 1, 1].tolist() == [10] * 3
-    assert mixed[1, :, 1, 1].tolist() == [10, 10, 10] and mixed[1, :, 0, 1].tolist() == [20] * 3
-    assert mix_with_partner(labels, masks, partner).tolist() == [[[2, 1], [1, 1]], [[2, 2], [2, 1]]]
-    # image 0 takes image 1's padded top-left pixel: it stays ignored after mixing.
-    assert mix_with_partner(ignore, masks, partner)[0, 0, 0].item() is True
-    assert mix_with_partner(ignore, masks, partner)[1, 0, 0].item() is True
+    mixed = cutmix(images, partners, masks)
+    assert mixed[0, :, 0, 0].tolist() == [30, 30, 30] and mixed[0, :, 1, 1].tolist() == [10] * 3
+    assert mixed[1, :, 1, 1].tolist() == [40, 40, 40] and mixed[1, :, 0, 1].tolist() == [20] * 3
+    assert cutmix(labels, partner_labels, masks).tolist() == [[[3, 1], [1, 1]], [[2, 2], [2, 4]]]
+    # the pasted pixels keep the partner's padding flag
+    assert cutmix(ignore, partner_ignore, masks).tolist() == partner_ignore.tolist()
+
+
+def test_class_peak_probability_over_valid_pixels():
+    probs = torch.zeros(1, 3, 2, 2)
+    probs[0, 0] = 0.9
+    probs[0, 1] = 0.1
+    probs[0, 2, 0, 0], probs[0, 0, 0, 0] = 0.6, 0.3  # class 2 only at the top-left pixel
+    valid = torch.ones(1, 2, 2, dtype=torch.bool)
+    assert class_peak_probability(probs, valid)[0].tolist() == pytest.approx([0.9, 0.1, 0.6])
+    valid[0, 0, 0] = False
+    assert class_peak_probability(probs, valid)[0].tolist() == pytest.approx([0.9, 0.1, 0.0])
+    assert class_peak_probability(probs, torch.zeros_like(valid)).tolist() == [[0.0, 0.0, 0.0]]
 
 
 def test_sample_cutmix_masks_probability_and_box():

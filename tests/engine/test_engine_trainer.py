@@ -125,6 +125,78 @@ def test_feature_dropout_reaches_the_strong_views_only(tmp_path):
         HierVLTrainer(cfg)
 
 
+class _ContentTeacher:
+    """Teacher probabilities by image content: dark images are confidently class 0 (class 1 at
+    0.03), bright ones unsure between classes 1 (0.7) and 2 (0.3)."""
+
+    def __call__(self, weak, valid=None):
+        bright = weak.float().mean((1, 2, 3)) > 128
+        probs = torch.zeros(weak.shape[0], 3, *weak.shape[-2:])
+        probs[:, 0] = torch.where(bright, 0.0, 0.97)[:, None, None]
+        probs[:, 1] = torch.where(bright, 0.7, 0.03)[:, None, None]
+        probs[:, 2] = torch.where(bright, 0.3, 0.0)[:, None, None]
+        return probs
+
+
+def _views(value, size=16):
+    image = torch.full((3, size, size), value, dtype=torch.uint8)
+    return {
+        "image": image,
+        "image_strong": image + 1,
+        "ignore_mask": torch.zeros(size, size, dtype=torch.bool),
+    }
+
+
+def test_cutmix_with_a_mix_batch_at_one_unlabelled_image_per_process(tmp_path):
+    """CutMix takes its boxes from a second draw of the unlabelled stream (UniMatch's mix
+    batch), not from the next image of the same batch: it works with one unlabelled image per
+    process (e.g. 8 GPUs x 1), where it used to be switched off with a warning."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=2)
+    cfg.SEMI.IMS_PER_BATCH_UNLABELED = 1
+    cfg.SEMI.CONF_THRESHOLD = 0.9
+    trainer = _train(cfg)
+    step = trainer._trainer
+    ratios = [v for v, _ in trainer.storage.history("semi/cutmix_ratio").values()]
+    assert len(ratios) == 2 and all(r > 0 for r in ratios)
+    assert step.unlabeled_loader.batches == step.mix_loader.batches == 2
+    assert step.mix_loader.dataset.seed != step.unlabeled_loader.dataset.seed
+
+    # the mixed view, its pseudo-label and its padding come from the partner inside the box
+    step.teacher_probs = _ContentTeacher()
+    prep = step.prepare_unlabeled([_views(0)], [_views(200)])
+    box = prep["cutmix"][0]
+    assert box.any() and not box.all()
+    strong = prep["strong_mixed"][0]
+    assert (strong[:, box] == 201).all() and (strong[:, ~box] == 1).all()
+    targets = prep["targets"][0]
+    assert (targets[~box] == 0).all()  # confident own pixels
+    assert (targets[box] == 255).all()  # the partner's unsure pixels (0.7 < 0.9)
+    assert prep["labels"][0].eq(0).all()  # un-mixed labels: the image's own
+    # no partner, no box
+    prep = step.prepare_unlabeled([_views(0)])
+    assert not prep["cutmix"].any() and prep["strong_mixed"].eq(1).all()
+
+
+def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
+    """A class is ruled out (its rows learn "no object") only where the teacher gives it less
+    than 1 - SEMI.CONF_THRESHOLD on every pixel of the mixed image; the pasted box counts."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.CONF_THRESHOLD = 0.9
+    step = _train(cfg)._trainer
+    step.teacher_probs = _ContentTeacher()
+    step.cutmix_prob = 0.0
+    prep = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
+    # every pixel is class 0 at 0.97: classes 1 (0.03 < 0.1) and 2 (0) are known absent
+    assert prep["absent"].tolist() == [[False, True, True]] * 2
+    inputs = step.strong_inputs([{}, {}], prep)
+    assert [d["absent_classes"].tolist() for d in inputs] == [[False, True, True]] * 2
+    # a box from the unsure partner: classes 1 and 2 may be in it, so they are unknown
+    step.cutmix_prob = 1.0
+    prep = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
+    assert prep["cutmix"].flatten(1).any(1).all()
+    assert prep["absent"].tolist() == [[False, False, False]] * 2
+
+
 def test_supervised_only(tmp_path):
     cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
     cfg.SEMI.ENABLED = False
@@ -147,6 +219,19 @@ def test_resume_matches_uninterrupted(tmp_path):
     # and the runs really trained: the weights moved away from the step-n checkpoint
     mid = torch.load(tmp_path / "killed" / f"model_{n - 1:07d}.pth", weights_only=False)
     assert not torch.allclose(mid["model"]["head.weight"], a["head.weight"])
+    # CutMix's mix stream is a third stream: the checkpoint holds its position, and the
+    # resumed run drew the same mix batches as the uninterrupted one
+    assert mid["data_unlabeled_mix"] == {"seed": cfg.SEED + 2, "batches": n}
+    for name in ("labeled_loader", "unlabeled_loader", "mix_loader"):
+        loaders = getattr(full._trainer, name), getattr(resumed._trainer, name)
+        assert (
+            loaders[0].state_dict()
+            == loaders[1].state_dict()
+            == {
+                "seed": loaders[0].dataset.seed,
+                "batches": 2 * n,
+            }
+        ), name
 
 
 def test_nan_loss_stops_with_name(tmp_path):

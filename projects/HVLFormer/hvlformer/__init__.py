@@ -2,7 +2,7 @@
 core trainer (``hiervl.engine``)."""
 
 from . import mapper  # noqa: F401  (registers the "hvlformer_unlabeled" mapper)
-from .cmcr import cmcr_layer_losses, cmcr_losses, js_divergence
+from .cmcr import attention_consistency, cmcr_layer_losses, cmcr_losses, js_divergence
 from .config import add_hvlformer_config
 from .mapper import HVLFormerUnlabeledMapper
 from .trainer import HVLFormerObjective, HVLFormerStep, HVLFormerTrainer
@@ -13,6 +13,7 @@ __all__ = [
     "HVLFormerTrainer",
     "HVLFormerUnlabeledMapper",
     "add_hvlformer_config",
+    "attention_consistency",
     "cmcr_layer_losses",
     "cmcr_losses",
     "js_divergence",

@@ -2,10 +2,13 @@
 
 Per unlabelled image the student sees the original view (the teacher's geometric crop), a
 weak view (light colour jitter) and the CutMix'ed strong view. Besides the core losses
-(supervised + pseudo-labelled strong views), CMCR ties, at every decoder layer, the weak and
-the strong view's predictions to the original view's (detached): on confident pixels
+(supervised + pseudo-labelled strong views, exactly as the core step builds them), CMCR ties
+the weak and the strong view's predictions (every decoder layer, and CMSAM's pixel-text
+attention) to the original view's (detached): on confident pixels
 (``HVLFORMER.CMCR_CONF_THRESHOLD``), and for the strong view outside its CutMix box (its class
-term only on images without a box, whose rows still describe the same image).
+term only on images without a box, whose rows still describe the same image). The original and
+weak views need no targets: they run the model's forward without losses
+(``HierVL.view_outputs``: no matching, no Eq. 6-7 encoder passes).
 """
 
 from typing import Dict, List, Optional
@@ -13,8 +16,7 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.config import CfgNode
 
-from hiervl.engine import HierVLTrainer, SemiSupervisedObjective, SemiSupervisedStep
-from hiervl.engine.semi import finalize_pseudo_labels
+from hiervl.engine import HierVLTrainer, SemiSupervisedObjective, SemiSupervisedStep, stack_views
 
 from .cmcr import cmcr_losses
 
@@ -27,7 +29,8 @@ class HVLFormerObjective(SemiSupervisedObjective):
     def __init__(self, model, *, mask_weight: float, class_weight: float, attn_weight: float):
         """
         Args:
-            model: the student META_ARCH (``forward(..., return_outputs=True)``).
+            model: the student META_ARCH (``forward(..., return_outputs=True)`` and
+                ``view_outputs``).
             mask_weight, class_weight, attn_weight: weights of the three CMCR terms.
         """
         super().__init__(model)
@@ -43,9 +46,9 @@ class HVLFormerObjective(SemiSupervisedObjective):
         """
         Args:
             labeled, unlabeled, unsup_weight: as in :class:`SemiSupervisedObjective`.
-            views: ``original`` / ``weak`` (lists of dicts like ``unlabeled``), ``valid``
-                ``[B, H, W]`` bool, ``strong_valid`` ``[B, H, W]`` bool, ``strong_class_weight``
-                ``[B]``; None = the core objective.
+            views: ``original`` / ``weak`` uint8 ``[B, 3, H, W]`` images (the strong views'
+                size), ``valid`` ``[B, H, W]`` bool, ``strong_valid`` ``[B, H, W]`` bool,
+                ``strong_class_weight`` ``[B]``; None = the core objective.
 
         Returns:
             loss dict; CMCR terms are ``loss_cmcr_{mask,class,attn}_{weak,strong}``.
@@ -57,8 +60,8 @@ class HVLFormerObjective(SemiSupervisedObjective):
         for name, value in strong_losses.items():
             losses[f"{name}_unsup"] = value * unsup_weight
         with torch.no_grad():
-            _, original_out = self.model(views["original"], return_outputs=True)
-        _, weak_out = self.model(views["weak"], return_outputs=True)
+            original_out = self.model.view_outputs(views["original"])
+        weak_out = self.model.view_outputs(views["weak"])
         pairs = {
             "weak": cmcr_losses(original_out, weak_out, views["valid"]),
             "strong": cmcr_losses(
@@ -78,23 +81,24 @@ class HVLFormerStep(SemiSupervisedStep):
         super().__init__(*args, **kwargs)
         self.cmcr_conf_threshold = cmcr_conf_threshold
 
-    def compute_losses(self, labeled: List[dict], unlabeled_batch: Optional[List[dict]]):
+    def compute_losses(
+        self,
+        labeled: List[dict],
+        unlabeled_batch: Optional[List[dict]],
+        mix_batch: Optional[List[dict]] = None,
+    ):
         if unlabeled_batch is None:
             return super().compute_losses(labeled, None)
-        prep = self.prepare_unlabeled(unlabeled_batch)
+        # the core step's pseudo-labels, CutMix and strong views (one code path)
+        prep = self.prepare_unlabeled(unlabeled_batch, mix_batch)
         strong = self.strong_inputs(unlabeled_batch, prep)
-        targets, weights = finalize_pseudo_labels(
-            prep["labels"],
-            prep["conf"],
-            prep["ignore"],
-            mode=self.pseudo_label_mode,
-            threshold=self.conf_threshold,
+        weak_images, _ = stack_views(
+            [d["image_weak"] for d in unlabeled_batch], size=prep["weak"].shape[-2:]
         )
-        weak_images = torch.stack([d["image_weak"] for d in unlabeled_batch])
         valid = (prep["conf"] >= self.cmcr_conf_threshold) & ~prep["ignore"]
         views = {
-            "original": self.student_inputs(unlabeled_batch, prep["weak"], targets, weights),
-            "weak": self.student_inputs(unlabeled_batch, weak_images, targets, weights),
+            "original": prep["weak"],
+            "weak": weak_images,
             "valid": valid,
             "strong_valid": valid & ~prep["cutmix"],
             "strong_class_weight": (~prep["cutmix"].flatten(1).any(1)).float(),
