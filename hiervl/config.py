@@ -5,10 +5,14 @@ Each key is read by exactly one ``from_config`` (or the trainer / data code); th
 ``tests/test_config.py`` fails when a key is never read.
 """
 
+import logging
 from typing import Callable, Iterable, Sequence
 
+import torch
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
+
+logger = logging.getLogger(__name__)
 
 
 def add_hiervl_config(cfg: CN) -> None:
@@ -18,6 +22,11 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
     cfg.MODEL.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
     cfg.INPUT.FORMAT = "RGB"
+    # Training only: start from the entries of MODEL.WEIGHTS whose names and shapes fit the
+    # model and keep the initial values of the rest (a warning lists them), e.g. weights of a
+    # part of the model. False: a missing or mismatched entry is an error. Evaluation, the
+    # demo, the tools and --resume always need a checkpoint that fits whole.
+    cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
 
     hv = cfg.MODEL.HIERVL = CN()
     # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19).
@@ -246,6 +255,11 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.SOLVER.POLY_LR_POWER = 0.9
     # bf16 or fp16 autocast when SOLVER.AMP.ENABLED.
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
+    # Train a new run into an OUTPUT_DIR that holds another run's checkpoints: its
+    # last_checkpoint and metrics.json start afresh and its model_*.pth files are replaced as
+    # this run saves. False: such a run is refused (resume it with --resume, or pick another
+    # OUTPUT_DIR).
+    cfg.SOLVER.OVERWRITE_OUTPUT_DIR = False
 
 
 def load_config(
@@ -260,7 +274,8 @@ def load_config(
 
     A folder dataset named by ``DATASETS.CUSTOM.ROOT`` is registered here (it also sets
     ``MODEL.HIERVL.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
-    tools see the same datasets.
+    tools see the same datasets. ``MODEL.DEVICE`` "cuda" on a machine without a usable CUDA GPU
+    becomes "cpu", with a warning.
     """
     from hiervl.data.datasets.folder import register_folder_from_cfg
 
@@ -270,6 +285,12 @@ def load_config(
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(
+            "MODEL.DEVICE is %r but no CUDA GPU is available: running on the CPU",
+            cfg.MODEL.DEVICE,
+        )
+        cfg.MODEL.DEVICE = "cpu"
     register_folder_from_cfg(cfg)
     if freeze:
         cfg.freeze()

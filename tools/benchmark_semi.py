@@ -10,7 +10,9 @@ sample standard deviation, and the teacher's gain over supervised-only training.
     OMP_NUM_THREADS=1 python tools/benchmark_semi.py --labeled 8 --iters 600 --seeds 0 1 2 3 --jobs 2
 
 ``--jobs N`` runs N seeds at once, each in its own process (give each one thread, as above:
-the results of a seed depend on its thread count, not on the seeds beside it).
+the results of a seed depend on its thread count, not on the seeds beside it). The runs train
+into ``<output>/seed<N>/{supervised,semi}``; a re-run with the same ``--output`` trains over
+them (``SOLVER.OVERWRITE_OUTPUT_DIR``).
 """
 import argparse
 import logging
@@ -140,6 +142,9 @@ def main() -> None:
         str(args.iters),
         "SOLVER.CHECKPOINT_PERIOD",
         str(10 * args.iters),
+        # the runs' folders are scratch (the result is benchmark.txt): a re-run trains over them
+        "SOLVER.OVERWRITE_OUTPUT_DIR",
+        "True",
         *args.opts,
     ]
     header = [f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}"]

@@ -1,7 +1,9 @@
 """What ``train_net.py`` scripts share: config setup and the train / eval-only entry."""
 
 import argparse
-from typing import Callable, Iterable, Type
+import logging
+import logging.handlers
+from typing import Callable, Iterable, List, Tuple, Type
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -11,21 +13,67 @@ from detectron2.utils.logger import setup_logger
 from hiervl.config import load_config
 from hiervl.utils.checkpoint import load_inference_weights
 
+from .checkpoint import claim_output_dir
 from .trainer import HierVLTrainer
 
 __all__ = ["setup_cfg", "run_train_or_eval", "launch_from_command_line"]
+
+
+def _load_config_buffering_logs(
+    args: argparse.Namespace, config_hooks: Iterable[Callable[[CfgNode], None]]
+) -> Tuple[CfgNode, List[logging.LogRecord]]:
+    """``load_config`` of the command line, and the records HierVL logged meanwhile (the
+    folder registration's drawn split and class count, the device fallback): they come before
+    OUTPUT_DIR, hence before the log file and the console handler, exist."""
+    log = logging.getLogger("hiervl")
+    if log.handlers:  # logging already set up in this process: the records reach it
+        return load_config(args.config_file, args.opts, hooks=config_hooks), []
+    buffer = logging.handlers.BufferingHandler(capacity=100_000)
+    level, propagate = log.level, log.propagate
+    log.addHandler(buffer)
+    log.setLevel(logging.DEBUG)
+    log.propagate = False
+    loaded = False
+    try:
+        cfg = load_config(args.config_file, args.opts, hooks=config_hooks)
+        loaded = True
+    finally:
+        log.removeHandler(buffer)
+        log.setLevel(level)
+        log.propagate = propagate
+        if not loaded:
+            _replay(buffer.buffer)  # the warnings that led to the error, on stderr
+    return cfg, buffer.buffer
+
+
+def _replay(records: List[logging.LogRecord]) -> None:
+    for record in records:
+        logger = logging.getLogger(record.name)
+        if logger.isEnabledFor(record.levelno):
+            logger.handle(record)
 
 
 def setup_cfg(
     args: argparse.Namespace, config_hooks: Iterable[Callable[[CfgNode], None]]
 ) -> CfgNode:
     """``hiervl.config.load_config`` of the command line (defaults + ``config_hooks`` + config
-    file + opts, custom folder dataset registered, frozen), then detectron2's ``default_setup``
-    (logging, seeding, config dump into OUTPUT_DIR)."""
-    cfg = load_config(args.config_file, args.opts, hooks=config_hooks)
+    file + opts, custom folder dataset registered, device resolved, frozen); for training,
+    ``OUTPUT_DIR`` claimed (:func:`~hiervl.engine.checkpoint.claim_output_dir`: locked, refused
+    when it holds another run's checkpoints without ``--resume``) before anything is written
+    into it; then detectron2's ``default_setup`` (logging, seeding, config dump into
+    OUTPUT_DIR) and HierVL's loggers, into which the config's own log records are replayed."""
+    cfg, records = _load_config_buffering_logs(args, config_hooks)
+    if not args.eval_only:
+        claim_output_dir(
+            cfg.OUTPUT_DIR,
+            resume=args.resume,
+            overwrite=cfg.SOLVER.OVERWRITE_OUTPUT_DIR,
+            main_process=comm.is_main_process(),
+        )
     default_setup(cfg, args)
     # HierVL's own loggers (per-class IoU table, checkpoint choice) next to detectron2's.
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="hiervl")
+    _replay(records)
     return cfg
 
 

@@ -24,7 +24,8 @@ One step:
        dropout on their encoder features), one forward of
        :class:`SemiSupervisedObjective` so that DDP sees one forward per backward;
     6. a non-finite loss term stops training with its name; backward (with a GradScaler for
-       fp16 autocast), gradient clipping, optimiser step;
+       fp16 autocast), gradient clipping, optimiser step (an update that leaves a non-finite
+       weight stops training before any checkpoint: ``FiniteWeightsHook``);
     7. EMA update of the teacher (weights and buffers) from the unwrapped student.
 """
 
@@ -50,7 +51,14 @@ from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
 from hiervl.utils.comm import all_reduce_mean
 
-from .checkpoint import AtomicCheckpointer, ModuleState, RNGStateHook
+from .checkpoint import (
+    AtomicCheckpointer,
+    FiniteWeightsHook,
+    ModuleState,
+    RNGStateHook,
+    claim_output_dir,
+    release_output_dir,
+)
 from .data import ResumableLoader, build_resumable_loader
 from .ema import build_teacher, ema_momentum, ema_update
 from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer, clip_gradients
@@ -445,7 +453,9 @@ class SemiSupervisedStep(SimpleTrainer):
         return loss_dict, stats
 
     def check_finite(self, loss_dict: Dict[str, torch.Tensor]) -> None:
-        """Raise ``FloatingPointError`` naming the non-finite loss terms (of any rank)."""
+        """Raise ``FloatingPointError`` naming the non-finite loss terms (of any rank). The
+        terms are kept (detached) as ``last_losses`` for :class:`FiniteWeightsHook`'s report."""
+        self.last_losses = {n: v.detach() for n, v in loss_dict.items()}
         names = sorted(loss_dict)
         flags = torch.stack(
             [(~torch.isfinite(loss_dict[n].detach().float())).any().float() for n in names]
@@ -693,6 +703,8 @@ class HierVLTrainer(DefaultTrainer):
         ret = [
             hooks.IterationTimer(),
             hooks.LRScheduler(),
+            # before the checkpointer: no checkpoint is written from broken weights
+            FiniteWeightsHook(self.student, self.checkpointer),
             RNGStateHook(cfg.SOLVER.CHECKPOINT_PERIOD, cfg.SOLVER.MAX_ITER),
         ]
         if comm.is_main_process():
@@ -705,13 +717,32 @@ class HierVLTrainer(DefaultTrainer):
         ret.append(hooks.EvalHook(cfg.TEST.EVAL_PERIOD, test_and_save_results))
         if comm.is_main_process():
             ret.append(hooks.PeriodicWriter(self.build_writers(), period=20))
+        # OUTPUT_DIR's lock (taken by resume_or_load) ends with the training, however it ends
+        output_dir = cfg.OUTPUT_DIR
+        ret.append(hooks.CallbackHook(after_train=lambda _: release_output_dir(output_dir)))
         return ret
 
     # ---- checkpoints -----------------------------------------------------------------------
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from ``OUTPUT_DIR``'s last checkpoint (all states), or load ``MODEL.WEIGHTS``
-        into the student; the teacher starts as a copy of the student unless resumed."""
-        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        into the student; the teacher starts as a copy of the student unless resumed.
+
+        First ``OUTPUT_DIR`` is claimed (:func:`~hiervl.engine.checkpoint.claim_output_dir`):
+        locked for this run, cleaned of dead runs' temporary files, and refused when it holds
+        another run's checkpoints that this run would overwrite (``SOLVER.OVERWRITE_OUTPUT_DIR``
+        allows it). The checkpoint must fit the model whole; ``MODEL.WEIGHTS_ALLOW_PARTIAL``
+        allows a partial ``MODEL.WEIGHTS`` (never a partial resume).
+        """
+        cfg = self.cfg
+        claim_output_dir(
+            cfg.OUTPUT_DIR,
+            resume=resume,
+            overwrite=cfg.SOLVER.OVERWRITE_OUTPUT_DIR,
+            main_process=comm.is_main_process(),
+        )
+        resuming = resume and self.checkpointer.has_checkpoint()
+        self.checkpointer.allow_partial = cfg.MODEL.WEIGHTS_ALLOW_PARTIAL and not resuming
+        self.checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.has_checkpoint():
             self.start_iter = self.iter + 1
         if self.teacher is not None and not self._teacher_state.loaded:
