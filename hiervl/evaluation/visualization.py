@@ -14,14 +14,17 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
 from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
+from hiervl.data.datasets.folder import distinct_colors
+
 __all__ = [
     "InsideVisualizer",
     "caption",
+    "class_list_metadata",
     "default_dataset",
     "draw_semseg",
     "keep_text_inside",
@@ -232,6 +235,33 @@ def metadata_of(dataset_name: str):
     metadata = MetadataCatalog.get(dataset_name)
     if not hasattr(metadata, "stuff_classes"):
         raise KeyError(f"Dataset {dataset_name!r} has no stuff_classes metadata")
+    return metadata
+
+
+def class_list_metadata(class_names: Sequence[str], base=None) -> Metadata:
+    """Drawing metadata of a prediction over ``class_names`` (class names at inference).
+
+    Args:
+        class_names: the names, in the order of the prediction's ids.
+        base: metadata of known classes (a dataset's): a name among its ``stuff_classes``
+            keeps its colour; the other names get :func:`distinct_colors` (by position).
+
+    Returns:
+        an unregistered detectron2 ``Metadata`` with ``stuff_classes``, ``stuff_colors`` and
+        ``ignore_label`` (``base``'s, else 255).
+    """
+    names = [str(n) for n in class_names]
+    known = {}
+    if base is not None and base.get("stuff_colors", None) is not None:
+        known = dict(zip(base.stuff_classes, base.stuff_colors))
+    # Colour 0 of the VOC-style map is black: start at 1.
+    spare = distinct_colors(len(names) + 1)[1:]
+    metadata = Metadata()
+    metadata.set(
+        stuff_classes=names,
+        stuff_colors=[tuple(known.get(n, spare[i])) for i, n in enumerate(names)],
+        ignore_label=base.get("ignore_label", 255) if base is not None else 255,
+    )
     return metadata
 
 

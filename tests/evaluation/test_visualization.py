@@ -1,33 +1,12 @@
 """hiervl/evaluation/visualization.py: labels stay inside the picture, captions of panels."""
 
-import contextlib
-
 import numpy as np
 import pytest
 from detectron2.data import Metadata
-from matplotlib.axes import Axes
 from matplotlib.transforms import Bbox
 
 from hiervl.evaluation.visualization import draw_semseg, side_by_side
-
-
-@contextlib.contextmanager
-def recorded_texts():
-    """Every matplotlib text drawn meanwhile (detectron2's Visualizer draws labels with
-    ``ax.text``), so that a test can measure where the labels ended up."""
-    texts = []
-    original = Axes.text
-
-    def text(self, *args, **kwargs):
-        artist = original(self, *args, **kwargs)
-        texts.append(artist)
-        return artist
-
-    Axes.text = text
-    try:
-        yield texts
-    finally:
-        Axes.text = original
+from hiervl.utils.testing import recorded_texts
 
 
 def _extent(artist) -> Bbox:
