@@ -274,7 +274,11 @@ class HierVL(nn.Module):
         return self.text_encoder(self.class_names, self.class_descriptions)
 
     # ---- class names at inference ----------------------------------------------------------
-    def set_inference_classes(self, class_names: Optional[Sequence[str]] = None) -> None:
+    def set_inference_classes(
+        self,
+        class_names: Optional[Sequence[str]] = None,
+        class_descriptions: Optional[Sequence[Sequence[str]]] = None,
+    ) -> None:
         """Make ``inference`` predict over ``class_names`` (None: the training classes).
 
         The text queries are built from the given names with the learned prompts, so HSQG's
@@ -289,6 +293,11 @@ class HierVL(nn.Module):
           on the row's class embedding) and ``T`` is ``new_class_temperature``.
 
         ``semantic_probs`` (the teacher's pseudo-labels) always uses the training classes.
+
+        Args:
+            class_names: ``C'`` names, or None for the training classes.
+            class_descriptions: ``C'`` lists of description variants of the names (HVLFormer
+                prompts); None: a training class's own descriptions, none for other names.
 
         Raises:
             ValueError: an empty list or name, a repeated name, or a name that is not a
@@ -316,11 +325,18 @@ class HierVL(nn.Module):
         self.inference_class_names = names
         # None = the training list as it is: the unchanged path of semantic_map.
         self._class_source = None if names == self.class_names else torch.tensor(source)
-        self._inference_descriptions = (
-            None
-            if self.class_descriptions is None
-            else [self.class_descriptions[i] if i >= 0 else [] for i in source]
-        )
+        if class_descriptions is not None:
+            if len(class_descriptions) != len(names):
+                raise ValueError(
+                    f"{len(class_descriptions)} description lists for {len(names)} class names"
+                )
+            self._inference_descriptions = [[str(d) for d in ds] for ds in class_descriptions]
+        elif self.class_descriptions is not None:
+            self._inference_descriptions = [
+                self.class_descriptions[i] if i >= 0 else [] for i in source
+            ]
+        else:
+            self._inference_descriptions = None
         if new:
             logger.info(
                 "HierVL predicts over %d classes; not training classes: %s", len(names), new
