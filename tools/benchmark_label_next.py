@@ -20,9 +20,9 @@ pick's gain over the random pick, with how many seeds it is ahead on.
         --seeds 0 1 2 3 --jobs 2
     # any folder dataset: the universe is its labelled training split, val its val split
     OMP_NUM_THREADS=1 python tools/benchmark_label_next.py \\
-        --config-file configs/custom/hiervl_folder.yaml --universe camvid_train_labeled \\
+        --config-file configs/custom/hiervl_folder.yaml --universe custom_train_labeled \\
         --labeled 20 --add 20 --iters 2000 --seeds 0 1 2 3 --jobs 2 \\
-        DATASETS.CUSTOM.ROOT datasets/camvid DATASETS.CUSTOM.NAME camvid
+        DATASETS.CUSTOM.ROOT datasets/camvid
 
 ``--universe`` names registered splits (default: the config's DATASETS.TRAIN and
 SEMI.UNLABELED_DATASETS); images without a mask are left out. ``--jobs N`` runs N seeds at once,
