@@ -129,8 +129,10 @@ def run_seed(
     seed: int,
 ) -> Dict[str, float]:
     """Val mIoU (the teacher's when semi-supervised) of the three runs of one seed."""
-    setup_logger(name="hiervl")
-    setup_logger()
+    if multiprocessing.current_process().name != "MainProcess":
+        # a spawned --jobs worker: its loggers start unconfigured
+        setup_logger(name="hiervl")
+        setup_logger()
     out = os.path.join(settings["output"], f"seed{seed}")
     metadata = settings["metadata"]
     run = common + ["SEED", str(seed)]
@@ -235,8 +237,6 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parser.parse_args(argv)
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    setup_logger(name="hiervl")
-    setup_logger()
     cfg = load_config(args.config_file, args.opts)
     splits = args.universe or list(cfg.DATASETS.TRAIN) + list(cfg.SEMI.UNLABELED_DATASETS)
     val = args.val or cfg.DATASETS.TEST[0]
@@ -306,4 +306,6 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
 
 if __name__ == "__main__":
+    setup_logger(name="hiervl")
+    setup_logger()
     main()
