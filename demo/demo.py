@@ -6,10 +6,14 @@ Examples::
         --input photos/*.jpg --output out/ --opts MODEL.WEIGHTS output/model_final.pth
     python demo/demo.py --config-file ... --dataset hiervl_demo_val --limit 8 --show-gt \\
         --output out/ --opts MODEL.WEIGHTS output/model_final.pth
+    python demo/demo.py --config-file ... --input photos/ --classes "sky,road,car,person" \\
+        --output out/ --opts MODEL.WEIGHTS output/model_final.pth
 
 One PNG per input is written to ``--output`` (``<input stem>.png``), of the input's size; with
 ``--show-gt`` it is ``[prediction | ground truth]``, twice the input's width, the ground truth
-taken from ``--dataset`` (the right panel is the plain image for inputs not in that split).
+taken from ``--dataset`` (the right panel is the plain image for inputs not in that split),
+each half under a caption. ``--classes`` / ``--classes-file`` make the model predict over other
+class names (README, "New class names at inference").
 The weights are the EMA teacher's when the checkpoint holds a teacher (unless
 ``MODEL.HIERVL.TEST.USE_TEACHER False``). Inputs of any size >= 1 px are drawn. Unreadable inputs
 (and, with ``--show-gt``, an unreadable mask or a mask of another size) are reported by name and
@@ -21,7 +25,7 @@ import glob
 import logging
 import os
 import sys
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.config import CfgNode
@@ -37,6 +41,7 @@ import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
 from hiervl.config import load_config  # noqa: E402
 from hiervl.data.image_io import read_image  # noqa: E402
+from hiervl.data.datasets.folder import read_classes  # noqa: E402
 from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask  # noqa: E402
 from hiervl.evaluation.visualization import (  # noqa: E402
     default_dataset,
@@ -78,6 +83,20 @@ def get_parser() -> argparse.ArgumentParser:
         help="leave pixels whose normalised top class score is below this undrawn (0..1)",
     )
     parser.add_argument("--alpha", type=float, default=0.6, help="overlay opacity")
+    classes = parser.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes",
+        default="",
+        help="comma-separated class names to predict over instead of the training classes, "
+        'e.g. "sky,road,car,person"',
+    )
+    classes.add_argument(
+        "--classes-file",
+        default="",
+        metavar="FILE",
+        help="class names to predict over, one per line (a folder dataset's classes.txt: "
+        "optional TAB-separated descriptions after the name)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="at most this many inputs (0 = all)")
     parser.add_argument(
         "--opts",
@@ -90,6 +109,16 @@ def get_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(args: argparse.Namespace) -> CfgNode:
     return load_config(args.config_file, args.opts)
+
+
+def class_names_of(args: argparse.Namespace) -> Tuple[Optional[List[str]], Optional[List]]:
+    """``(names, descriptions)`` of ``--classes`` / ``--classes-file``; ``(None, None)``
+    without either."""
+    if args.classes_file:
+        return read_classes(args.classes_file)
+    if args.classes:
+        return [n.strip() for n in args.classes.split(",")], None
+    return None, None
 
 
 def expand_inputs(patterns: Sequence[str]) -> List[str]:
@@ -164,12 +193,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.show_gt and not getattr(metadata, "labeled", True):
         logger.warning("%s is unlabelled: --show-gt draws the plain image on the right", dataset)
 
+    class_names, class_descriptions = class_names_of(args)
     demo = VisualizationDemo(
         cfg,
         metadata=metadata,
         confidence_threshold=args.confidence,
         alpha=args.alpha,
         show_gt=args.show_gt,
+        class_names=class_names,
+        class_descriptions=class_descriptions,
     )
     logger.info("Running on %d input(s) with the %s weights", len(paths), demo.predictor.loaded)
     os.makedirs(args.output, exist_ok=True)

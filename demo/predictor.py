@@ -2,17 +2,28 @@
 
 The model runs through :class:`hiervl.evaluation.predictor.HierVLPredictor` (weights of the EMA
 teacher when the checkpoint has one, the evaluation loader's resize, sliding window / TTA
-inside the model); drawing uses detectron2's ``Visualizer.draw_sem_seg``.
+inside the model), over the training classes or the given class names; drawing uses
+detectron2's ``Visualizer.draw_sem_seg`` (labels kept inside the picture).
 """
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from detectron2.config import CfgNode
 
 from hiervl.evaluation.predictor import HierVLPredictor
-from hiervl.evaluation.visualization import draw_semseg, labels_and_confidence, side_by_side
+from hiervl.evaluation.visualization import (
+    class_list_metadata,
+    draw_semseg,
+    labels_and_confidence,
+    side_by_side,
+)
+
+# Captions of the two halves of a --show-gt picture.
+PREDICTION_CAPTION = "prediction"
+GT_CAPTION = "ground truth"
+NO_GT_CAPTION = "image (no ground truth)"
 
 __all__ = ["VisualizationDemo"]
 
@@ -28,19 +39,30 @@ class VisualizationDemo:
         confidence_threshold: float = 0.0,
         alpha: float = 0.6,
         show_gt: bool = False,
+        class_names: Optional[Sequence[str]] = None,
+        class_descriptions: Optional[Sequence[Sequence[str]]] = None,
     ):
         """
         Args:
             cfg: full config of the model (see ``HierVLPredictor``).
             metadata: detectron2 ``Metadata`` with ``stuff_classes`` / ``stuff_colors`` of the
-                model's classes, used for drawing.
+                dataset (the model's classes, and those of the ground truth), for drawing.
             confidence_threshold: pixels whose normalised top score is below it are not drawn.
             alpha: overlay opacity.
-            show_gt: return ``[prediction | ground truth]`` pictures, twice the input's width;
-                without ground truth the right panel is the plain image.
+            show_gt: return ``[prediction | ground truth]`` pictures, twice the input's width,
+                each half under a caption; without ground truth the right panel is the plain
+                image.
+            class_names: predict over these names (drawn with them; a name of ``metadata``'s
+                classes keeps its colour); None: the model's classes.
+            class_descriptions: optional description variants per name.
         """
-        self.predictor = HierVLPredictor(cfg)
-        self.metadata = metadata
+        self.predictor = HierVLPredictor(
+            cfg, class_names=class_names, class_descriptions=class_descriptions
+        )
+        self.gt_metadata = metadata
+        self.metadata = (
+            metadata if class_names is None else class_list_metadata(class_names, metadata)
+        )
         self.confidence_threshold = confidence_threshold
         self.alpha = alpha
         self.show_gt = show_gt
@@ -56,7 +78,8 @@ class VisualizationDemo:
 
         Returns:
             The model's outputs (``sem_seg`` ``[C, H, W]``, ``relevance`` ``[C]``) and the picture,
-            ``[H, W, 3]`` uint8 RGB, or ``[H, 2W, 3]`` with ``show_gt``.
+            ``[H, W, 3]`` uint8 RGB, or ``[H + h, 2W, 3]`` with ``show_gt`` (``h``: the caption
+            strip, "prediction" over the left half, "ground truth" over the right).
         """
         outputs = self.predictor(image)
         labels, _ = labels_and_confidence(
@@ -71,8 +94,9 @@ class VisualizationDemo:
                     raise ValueError(
                         f"Ground truth of shape {gt.shape} does not match the image {image.shape}"
                     )
-                right = draw_semseg(image, gt, self.metadata, alpha=self.alpha)
+                right = draw_semseg(image, gt, self.gt_metadata, alpha=self.alpha)
+                right_caption = GT_CAPTION
             else:
-                right = image
-            picture = side_by_side([picture, right])
+                right, right_caption = image, NO_GT_CAPTION
+            picture = side_by_side([picture, right], captions=[PREDICTION_CAPTION, right_caption])
         return outputs, picture

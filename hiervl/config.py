@@ -172,6 +172,15 @@ def add_hiervl_config(cfg: CN) -> None:
     ts.USE_TEACHER = True
     # Also evaluate the student when evaluating the teacher during training.
     ts.EVAL_STUDENT = True
+    # Class names to predict over at inference ([] = the training classes), e.g. to evaluate on
+    # a dataset with another class list (every DATASETS.TEST split must have this list, in this
+    # order). Names of training classes keep the trained classifier; other names are scored by
+    # the text similarity of each decoder row's CLIP-space embedding to the name (README, "New
+    # class names at inference").
+    ts.CLASS_NAMES = []
+    # Temperature of the softmax over those text similarities (names that are not training
+    # classes only).
+    ts.NEW_CLASS_TEMPERATURE = 0.07
 
     # ---- §8 Semi-supervised training ----------------------------------------------------
     semi = cfg.SEMI = CN()

@@ -36,20 +36,39 @@ __all__ = ["HierVL", "semantic_map"]
 logger = logging.getLogger(__name__)
 
 
-def semantic_map(outputs: Dict, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+def semantic_map(
+    outputs: Dict, keep: Optional[torch.Tensor] = None, probs: Optional[torch.Tensor] = None
+) -> torch.Tensor:
     """``S(c, x) = sum_k softmax(l_k)(c) * sigmoid(m_k(x))`` over the kept rows.
 
     Args:
         outputs: ``{"pred_logits": [B, K, C+1], "pred_masks": [B, K, h, w]}``.
         keep: ``[B, K]`` bool; rows with False are left out (default: all rows).
+        probs: ``[B, K, C']`` per-row class probabilities to use in place of
+            ``softmax(l_k)[:C]`` (class names other than the training ones, see
+            ``HierVL.set_inference_classes``).
 
     Returns:
-        ``[B, C, h, w]`` (not normalised over classes).
+        ``[B, C, h, w]`` (``[B, C', h, w]`` with ``probs``; not normalised over classes).
     """
-    probs = outputs["pred_logits"].float().softmax(-1)[..., :-1]
+    if probs is None:
+        probs = outputs["pred_logits"].float().softmax(-1)[..., :-1]
     if keep is not None:
         probs = probs * keep[..., None].to(probs.dtype)
     return torch.einsum("bkc,bkhw->bchw", probs, outputs["pred_masks"].float().sigmoid())
+
+
+def _check_test_classes(test_datasets: Sequence[str], class_names: Sequence[str]) -> None:
+    """Every registered test split must have the classes the model predicts over, in order:
+    the evaluator compares the prediction's class ids with the split's."""
+    for name in test_datasets:
+        test_classes = MetadataCatalog.get(name).get("stuff_classes", None)
+        if test_classes is not None and list(test_classes) != list(class_names):
+            raise ValueError(
+                f"DATASETS.TEST {name!r} has the classes {list(test_classes)}, but the model "
+                f"predicts over {list(class_names)}: set MODEL.HIERVL.TEST.CLASS_NAMES to the "
+                f"test split's class list (names of training classes keep their classifier)"
+            )
 
 
 @META_ARCH_REGISTRY.register()
@@ -86,6 +105,8 @@ class HierVL(nn.Module):
         stride: Tuple[int, int] = (256, 256),
         flip: bool = False,
         scales: Sequence[float] = (1.0,),
+        test_class_names: Optional[Sequence[str]] = None,
+        new_class_temperature: float = 0.07,
     ):
         """
         Args:
@@ -111,6 +132,10 @@ class HierVL(nn.Module):
             sliding_window: sliding-window inference for images larger than ``crop_size``.
             crop_size / stride: ``(h, w)`` of the inference windows and their step.
             flip / scales: test-time augmentation (horizontal flip, image scales).
+            test_class_names: the classes ``inference`` predicts over (None: ``class_names``);
+                see ``set_inference_classes``.
+            new_class_temperature: temperature of the text-similarity softmax that scores
+                names which are not training classes.
         """
         super().__init__()
         self.image_encoder = image_encoder
@@ -158,6 +183,10 @@ class HierVL(nn.Module):
             raise ValueError(f"crop size {crop_size} and stride {stride} must be positive")
         self.flip = flip
         self.scales = [float(s) for s in scales]
+        if new_class_temperature <= 0:
+            raise ValueError(f"new_class_temperature must be positive, got {new_class_temperature}")
+        self.new_class_temperature = float(new_class_temperature)
+        self.set_inference_classes(test_class_names)
         if hsqg is None and masked_consistency_weight <= 0 and pixel_text_weight <= 0:
             # Nothing reads the global embedding or the dense text-space tokens: freeze the
             # ViT's output head (ln_post, proj) so that no trainable parameter is left unused.
@@ -183,6 +212,8 @@ class HierVL(nn.Module):
                 f"MODEL.HIERVL.NUM_CLASSES={hv.NUM_CLASSES} but {cfg.DATASETS.TRAIN[0]!r} has "
                 f"{len(class_names)} classes"
             )
+        test_class_names = [str(n) for n in hv.TEST.CLASS_NAMES] or None
+        _check_test_classes(cfg.DATASETS.TEST, test_class_names or list(class_names))
         clip_model = build_open_clip_from_config(cfg)
         image_encoder = CLIPImageEncoder(cfg, clip_model=clip_model)
         text_encoder = PromptTextEncoder(cfg, clip_model=clip_model)
@@ -229,6 +260,8 @@ class HierVL(nn.Module):
             "stride": tuple(test.STRIDE),
             "flip": test.FLIP,
             "scales": list(test.SCALES),
+            "test_class_names": test_class_names,
+            "new_class_temperature": test.NEW_CLASS_TEMPERATURE,
         }
 
     @property
@@ -239,6 +272,100 @@ class HierVL(nn.Module):
     def text_embeddings(self) -> torch.Tensor:
         """``t̂ [C, Dt]``: normalised class embeddings with the learnable prompts."""
         return self.text_encoder(self.class_names, self.class_descriptions)
+
+    # ---- class names at inference ----------------------------------------------------------
+    def set_inference_classes(
+        self,
+        class_names: Optional[Sequence[str]] = None,
+        class_descriptions: Optional[Sequence[Sequence[str]]] = None,
+    ) -> None:
+        """Make ``inference`` predict over ``class_names`` (None: the training classes).
+
+        The text queries are built from the given names with the learned prompts, so HSQG's
+        class rows and relevance gate follow the new list. The classifier ``W_cls`` of the
+        decoder has a fixed output per training class, so a row's probability of a name is:
+
+        - a training class's name (matched by name, in any order): ``softmax(l_k)`` of that
+          class, exactly as for the training list;
+        - any other name: the row's object probability ``1 - softmax(l_k)(no object)``,
+          shared over the requested names by ``softmax_c(cos(phi(z_k), t̂_c) / T)``, where
+          ``phi`` is the decoder's projection into CLIP's text space (trained by Eq. 2 to land
+          on the row's class embedding) and ``T`` is ``new_class_temperature``.
+
+        ``semantic_probs`` (the teacher's pseudo-labels) always uses the training classes.
+
+        Args:
+            class_names: ``C'`` names, or None for the training classes.
+            class_descriptions: ``C'`` lists of description variants of the names (HVLFormer
+                prompts); None: a training class's own descriptions, none for other names.
+
+        Raises:
+            ValueError: an empty list or name, a repeated name, or a name that is not a
+                training class on a model whose decoder has no ``phi`` (trained with
+                ``MODEL.HIERVL.LOSS.ALIGN_WEIGHT`` 0).
+        """
+        if class_names is None:
+            names = list(self.class_names)
+        else:
+            names = [str(n).strip() for n in class_names]
+        if not names or not all(names):
+            raise ValueError(f"class names must be a non-empty list of non-empty names: {names}")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"class names repeat: {repeated}")
+        index = {n: i for i, n in enumerate(self.class_names)}
+        source = [index.get(n, -1) for n in names]
+        new = [n for n, i in zip(names, source) if i < 0]
+        if new and getattr(self.decoder, "text_proj", None) is None:
+            raise ValueError(
+                f"{new} are not training classes of this model ({self.class_names}); scoring "
+                "them needs the decoder's text-space projection, which a model trained with "
+                "MODEL.HIERVL.LOSS.ALIGN_WEIGHT 0 does not have"
+            )
+        self.inference_class_names = names
+        # None = the training list as it is: the unchanged path of semantic_map.
+        self._class_source = None if names == self.class_names else torch.tensor(source)
+        if class_descriptions is not None:
+            if len(class_descriptions) != len(names):
+                raise ValueError(
+                    f"{len(class_descriptions)} description lists for {len(names)} class names"
+                )
+            self._inference_descriptions = [[str(d) for d in ds] for ds in class_descriptions]
+        elif self.class_descriptions is not None:
+            self._inference_descriptions = [
+                self.class_descriptions[i] if i >= 0 else [] for i in source
+            ]
+        else:
+            self._inference_descriptions = None
+        if new:
+            logger.info(
+                "HierVL predicts over %d classes; not training classes: %s", len(names), new
+            )
+
+    def inference_text_embeddings(self) -> torch.Tensor:
+        """``t̂ [C', Dt]`` of the classes ``inference`` predicts over."""
+        return self.text_encoder(self.inference_class_names, self._inference_descriptions)
+
+    def _row_class_probs(
+        self, outputs: Dict, text: torch.Tensor, source: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-row probabilities ``[B, K, C']`` of the inference classes (``set_inference_classes``).
+
+        Args:
+            outputs: decoder outputs (``pred_logits [B, K, C+1]``, ``pred_embeds [B, K, Dt]``).
+            text: ``[C', Dt]`` normalised embeddings of the inference classes.
+            source: ``[C']`` training class of each inference class, -1 for other names.
+        """
+        probs = outputs["pred_logits"].float().softmax(-1)
+        source = source.to(probs.device)
+        known = source >= 0
+        out = probs[..., source.clamp(min=0)]
+        if bool(known.all()):
+            return out
+        objectness = 1.0 - probs[..., -1:]
+        similarity = F.normalize(outputs["pred_embeds"].float(), dim=-1) @ text.float().t()
+        share = (similarity / self.new_class_temperature).softmax(-1)
+        return torch.where(known, out, objectness * share)
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
@@ -311,7 +438,7 @@ class HierVL(nn.Module):
             outputs = self.decoder(multi_scale, mask_features)
             class_rows = torch.zeros(0, dtype=torch.long, device=images.device)
         instance_rows = torch.full(
-            (self.decoder.num_rows - class_rows.numel(),),
+            (outputs["pred_logits"].shape[1] - class_rows.numel(),),
             -1,
             dtype=torch.long,
             device=images.device,
@@ -541,8 +668,16 @@ class HierVL(nn.Module):
         return -(probs * probs.clamp(min=1e-8).log()).sum(1).mean()
 
     # ---- inference ---------------------------------------------------------------------------
-    def _predict(self, images: torch.Tensor, text: torch.Tensor):
+    def _predict(
+        self, images: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
+    ):
         """Semantic map and relevance of normalised images ``[B, 3, H, W]`` (any size).
+
+        Args:
+            images: ``[B, 3, H, W]``.
+            text: ``[C, Dt]`` embeddings of the classes to predict.
+            source: None when ``text`` is the training classes' (``text_embeddings``), else
+                ``[C]`` training class of each class (-1 for other names).
 
         Returns:
             ``S [B, C, H, W]`` at the input size and ``relevance [B, C]``.
@@ -550,12 +685,13 @@ class HierVL(nn.Module):
         height, width = images.shape[-2:]
         padded = self._pad(images)
         outputs, hs, _ = self._run(padded, text)
-        sem = semantic_map(outputs, outputs["keep"])
+        probs = None if source is None else self._row_class_probs(outputs, text, source)
+        sem = semantic_map(outputs, outputs["keep"], probs)
         sem = F.interpolate(sem, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         if hs is not None:
             relevance = hs["relevance"].float()
         else:
-            relevance = sem.new_ones(images.shape[0], self.num_classes)
+            relevance = sem.new_ones(images.shape[0], text.shape[0])
         return sem[..., :height, :width], relevance
 
     def _windows(self, height: int, width: int) -> List[Tuple[int, int]]:
@@ -569,18 +705,21 @@ class HierVL(nn.Module):
             for c in range(cols)
         ]
 
-    def _sliding(self, image: torch.Tensor, text: torch.Tensor):
+    def _sliding(
+        self, image: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
+    ):
         """``S [C, H, W]`` and relevance ``[C]`` (max over windows) of one normalised image
-        ``[3, H, W]``; whole image when sliding is off or it fits in one window."""
+        ``[3, H, W]``; whole image when sliding is off or it fits in one window. ``source``:
+        see ``_predict``."""
         height, width = image.shape[-2:]
         crop_h, crop_w = self.crop_size
         if not self.sliding_window or (height <= crop_h and width <= crop_w):
-            sem, relevance = self._predict(image[None], text)
+            sem, relevance = self._predict(image[None], text, source)
             return sem[0], relevance[0]
         corners = self._windows(height, width)
         crops = torch.stack([image[:, y : y + crop_h, x : x + crop_w] for y, x in corners])
-        sems, relevances = self._predict(crops, text)
-        total = sems.new_zeros(self.num_classes, height, width)
+        sems, relevances = self._predict(crops, text, source)
+        total = sems.new_zeros(sems.shape[1], height, width)
         count = sems.new_zeros(1, height, width)
         for (y, x), sem in zip(corners, sems):
             h, w = sem.shape[-2:]
@@ -588,7 +727,9 @@ class HierVL(nn.Module):
             count[:, y : y + h, x : x + w] += 1
         return total / count.clamp(min=1), relevances.max(0).values
 
-    def _test_time(self, image: torch.Tensor, text: torch.Tensor):
+    def _test_time(
+        self, image: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
+    ):
         """Average of ``_sliding`` over the test scales (and flips), at the input size."""
         height, width = image.shape[-2:]
         total, relevance, views = None, None, 0
@@ -602,7 +743,7 @@ class HierVL(nn.Module):
                 )[0]
             for flipped in [False, True] if self.flip else [False]:
                 view = scaled.flip(-1) if flipped else scaled
-                sem, rel = self._sliding(view, text)
+                sem, rel = self._sliding(view, text, source)
                 if flipped:
                     sem = sem.flip(-1)
                 if sem.shape[-2:] != (height, width):
@@ -616,13 +757,14 @@ class HierVL(nn.Module):
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
-        """Per input: ``{"sem_seg": [C, height, width], "relevance": [C]}`` (see ``forward``)."""
-        text = self.text_embeddings()
+        """Per input: ``{"sem_seg": [C, height, width], "relevance": [C]}`` (see ``forward``),
+        ``C`` over ``inference_class_names`` (``set_inference_classes``)."""
+        text = self.inference_text_embeddings()
         results = []
         for x in batched_inputs:
             image = self._normalize(x["image"])
             height, width = image.shape[-2:]
-            sem, relevance = self._test_time(image, text)
+            sem, relevance = self._test_time(image, text, self._class_source)
             out_h, out_w = x.get("height", height), x.get("width", width)
             sem = sem_seg_postprocess(sem, (height, width), out_h, out_w)
             results.append({"sem_seg": sem, "relevance": relevance})
@@ -630,7 +772,8 @@ class HierVL(nn.Module):
 
     @torch.no_grad()
     def semantic_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """Per-pixel class distribution for pseudo-labels (the teacher's view), no TTA.
+        """Per-pixel class distribution for pseudo-labels (the teacher's view), no TTA, over the
+        training classes (whatever ``set_inference_classes`` says).
 
         Args:
             images: ``[B, 3, H, W]`` float, already normalised with PIXEL_MEAN / STD.

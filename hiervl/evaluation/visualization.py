@@ -1,8 +1,10 @@
 """Drawing helpers shared by ``demo/demo.py`` and ``tools/visualize_*.py``.
 
 Overlays use detectron2's ``Visualizer.draw_sem_seg`` with the dataset's metadata
-(``stuff_classes``, ``stuff_colors``); every function returns an ``[H, W, 3]`` uint8 RGB array
-of the input image's size (``side_by_side`` concatenates panels horizontally).
+(``stuff_classes``, ``stuff_colors``), through :class:`InsideVisualizer`, which keeps the class
+labels inside the picture; every function returns an ``[H, W, 3]`` uint8 RGB array of the input
+image's size (``side_by_side`` concatenates panels horizontally, ``caption`` adds a title strip
+above a panel).
 """
 
 import functools
@@ -12,12 +14,21 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.utils.visualizer import ColorMode, Visualizer
+from detectron2.data import DatasetCatalog, Metadata, MetadataCatalog
+from detectron2.utils.visualizer import ColorMode, VisImage, Visualizer
+from matplotlib.text import Text
+from matplotlib.transforms import Bbox
+
+from hiervl.data.datasets.folder import distinct_colors
 
 __all__ = [
+    "InsideVisualizer",
+    "caption",
+    "class_list_metadata",
     "default_dataset",
     "draw_semseg",
+    "keep_text_inside",
+    "label_font_size",
     "grey_out",
     "labels_and_confidence",
     "side_by_side",
@@ -55,6 +66,59 @@ def labels_and_confidence(
     return labels, confidence
 
 
+def _text_box(artist: Text, renderer) -> Bbox:
+    """Display extent of a text artist with its background box (pixels, origin bottom left)."""
+    artist.update_bbox_position_size(renderer)
+    boxes = [artist.get_window_extent(renderer)]
+    patch = artist.get_bbox_patch()
+    if patch is not None:
+        boxes.append(patch.get_window_extent(renderer))
+    return Bbox.union(boxes)
+
+
+def keep_text_inside(output: VisImage, artist: Text, *, margin: float = 1.0) -> None:
+    """Move a text artist of ``output`` inwards until it and its background box lie inside the
+    picture (``margin`` pixels from each edge); shrink its font first when it is wider or
+    taller than the picture."""
+    renderer = output.canvas.get_renderer()
+    width, height = output.fig.bbox.width, output.fig.bbox.height
+    room_w, room_h = width - 2 * margin, height - 2 * margin
+    for _ in range(4):
+        box = _text_box(artist, renderer)
+        factor = min(room_w / max(box.width, 1e-6), room_h / max(box.height, 1e-6))
+        if factor >= 1.0:
+            break
+        # Padding does not scale with the font: aim a little lower than the exact ratio.
+        artist.set_fontsize(max(artist.get_fontsize() * factor * 0.95, 1.0))
+    box = _text_box(artist, renderer)
+    dx = max(margin - box.x0, 0.0) + min(width - margin - box.x1, 0.0)
+    dy = max(margin - box.y0, 0.0) + min(height - margin - box.y1, 0.0)
+    if dx or dy:
+        to_display = artist.get_transform()
+        x, y = to_display.transform(artist.get_position())
+        artist.set_position(to_display.inverted().transform((x + dx, y + dy)))
+
+
+class InsideVisualizer(Visualizer):
+    """detectron2's ``Visualizer`` whose text labels stay inside the picture.
+
+    ``draw_sem_seg`` centres a segment's label on its largest component: for a segment along
+    the right or bottom edge part of the label ran off the picture ("pedestr"). Every text drawn
+    through ``draw_text`` is moved inwards (and shrunk when wider than the picture) by
+    :func:`keep_text_inside`; nothing else changes.
+    """
+
+    def draw_text(self, text, position, **kwargs) -> VisImage:
+        output = super().draw_text(text, position, **kwargs)
+        keep_text_inside(output, output.ax.texts[-1])
+        return output
+
+
+def label_font_size(height: int, width: int) -> float:
+    """detectron2's default label font size for a picture of this size (points)."""
+    return max(np.sqrt(height * width) // 90, 10)
+
+
 def draw_semseg(
     image: np.ndarray, labels: np.ndarray, metadata, *, alpha: float = 0.6
 ) -> np.ndarray:
@@ -69,7 +133,7 @@ def draw_semseg(
     Returns:
         ``[H, W, 3]`` uint8 RGB.
     """
-    visualizer = Visualizer(image, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
+    visualizer = InsideVisualizer(image, metadata, scale=1.0, instance_mode=ColorMode.IMAGE)
     out = visualizer.draw_sem_seg(labels, alpha=alpha).get_image()
     if out.shape[:2] != image.shape[:2]:
         raise RuntimeError(f"Visualizer returned {out.shape[:2]}, expected {image.shape[:2]}")
@@ -92,11 +156,49 @@ def grey_out(image: np.ndarray, mask: np.ndarray, *, strength: float = 0.75) -> 
     return out.round().clip(0, 255).astype(np.uint8)
 
 
-def side_by_side(panels: Sequence[np.ndarray], *, gap: int = 0) -> np.ndarray:
-    """Concatenate same-height ``[H, W_i, 3]`` panels left to right (``gap`` white columns)."""
+def caption(
+    panel: np.ndarray, text: str, *, font_size: Optional[float] = None, background: int = 32
+) -> np.ndarray:
+    """A dark title strip with ``text`` (light, left-aligned) on top of ``panel``.
+
+    Args:
+        panel: ``[H, W, 3]`` uint8 RGB.
+        text: the caption; shrunk to fit when wider than the panel.
+        font_size: points; default the panel's label size (:func:`label_font_size`).
+        background: grey level of the strip.
+
+    Returns:
+        ``[H + h, W, 3]`` uint8 RGB, ``h`` the strip's height (about twice the text's).
+    """
+    height, width = panel.shape[:2]
+    if font_size is None:
+        font_size = label_font_size(height, width)
+    # Points to pixels at matplotlib's 100 dpi (detectron2's VisImage figure).
+    strip_height = int(round(font_size * 100 / 72 * 1.6)) + 4
+    strip = np.full((strip_height, width, 3), background, dtype=np.uint8)
+    visualizer = InsideVisualizer(strip, None, scale=1.0)
+    visualizer.draw_text(
+        text, (4, 2), font_size=font_size, color="white", horizontal_alignment="left"
+    )
+    return np.concatenate([visualizer.get_output().get_image(), panel], axis=0)
+
+
+def side_by_side(
+    panels: Sequence[np.ndarray], *, gap: int = 0, captions: Optional[Sequence[str]] = None
+) -> np.ndarray:
+    """Concatenate same-height ``[H, W_i, 3]`` panels left to right (``gap`` white columns).
+
+    With ``captions`` (one per panel), each panel gets a title strip on top (:func:`caption`,
+    one font size for all, from the first panel); the result is then taller than ``H``.
+    """
     heights = {p.shape[0] for p in panels}
     if len(heights) != 1:
         raise ValueError(f"Panels have different heights: {sorted(heights)}")
+    if captions is not None:
+        if len(captions) != len(panels):
+            raise ValueError(f"{len(captions)} captions for {len(panels)} panels")
+        size = label_font_size(*panels[0].shape[:2])
+        panels = [caption(p, text, font_size=size) for p, text in zip(panels, captions)]
     parts: List[np.ndarray] = []
     for i, panel in enumerate(panels):
         if i and gap:
@@ -133,6 +235,33 @@ def metadata_of(dataset_name: str):
     metadata = MetadataCatalog.get(dataset_name)
     if not hasattr(metadata, "stuff_classes"):
         raise KeyError(f"Dataset {dataset_name!r} has no stuff_classes metadata")
+    return metadata
+
+
+def class_list_metadata(class_names: Sequence[str], base=None) -> Metadata:
+    """Drawing metadata of a prediction over ``class_names`` (class names at inference).
+
+    Args:
+        class_names: the names, in the order of the prediction's ids.
+        base: metadata of known classes (a dataset's): a name among its ``stuff_classes``
+            keeps its colour; the other names get :func:`distinct_colors` (by position).
+
+    Returns:
+        an unregistered detectron2 ``Metadata`` with ``stuff_classes``, ``stuff_colors`` and
+        ``ignore_label`` (``base``'s, else 255).
+    """
+    names = [str(n) for n in class_names]
+    known = {}
+    if base is not None and base.get("stuff_colors", None) is not None:
+        known = dict(zip(base.stuff_classes, base.stuff_colors))
+    # Colour 0 of the VOC-style map is black: start at 1.
+    spare = distinct_colors(len(names) + 1)[1:]
+    metadata = Metadata()
+    metadata.set(
+        stuff_classes=names,
+        stuff_colors=[tuple(known.get(n, spare[i])) for i, n in enumerate(names)],
+        ignore_label=base.get("ignore_label", 255) if base is not None else 255,
+    )
     return metadata
 
 

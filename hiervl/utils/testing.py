@@ -4,13 +4,17 @@
 evaluation tests, so that every test builds the same small HierVL (random init, CPU, seconds).
 """
 
-from typing import Any, Sequence
+import contextlib
+from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
+import numpy as np
+import torch
 from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import build_model
 
 from hiervl.config import add_hiervl_config
 
-__all__ = ["TINY_CLIP_NAME", "tiny_config"]
+__all__ = ["TINY_CLIP_NAME", "recorded_texts", "tiny_config", "train_tiny_model"]
 
 TINY_CLIP_NAME = "HierVL-Tiny-ViT"
 
@@ -97,3 +101,63 @@ def tiny_config(*opts: Sequence[Any], **overrides: Any) -> CfgNode:
     for key, value in overrides.items():
         _set(cfg, key.replace("__", "."), value)
     return cfg
+
+
+_TRAINED_STATES: Dict[Tuple, Dict[str, torch.Tensor]] = {}
+
+
+def train_tiny_model(iters: int = 40, seed: int = 0, num_images: int = 4) -> torch.nn.Module:
+    """The tiny HierVL of ``tiny_config()`` trained supervised for ``iters`` AdamW steps on
+    ``num_images`` demo scenes of 64 px (the demo's 8 classes; seconds on the CPU).
+
+    The trained weights are kept for the process, so that test modules share one training;
+    every call returns a new model (in eval mode) that the caller may change.
+    """
+    import hiervl.hiervl_model  # noqa: F401  (registers the META_ARCH)
+    from hiervl.data.datasets.demo import render_scene
+
+    key = (iters, seed, num_images)
+    torch.manual_seed(seed)
+    model = build_model(tiny_config())
+    if key not in _TRAINED_STATES:
+        data = []
+        for i in range(num_images):
+            image, mask = render_scene(np.random.default_rng([seed, i]), 64)
+            data.append(
+                {
+                    "image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                    "sem_seg": torch.from_numpy(mask.astype(np.int64)),
+                }
+            )
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+        for _ in range(iters):
+            loss = sum(model(data).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        _TRAINED_STATES[key] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(_TRAINED_STATES[key])
+    return model.eval()
+
+
+@contextlib.contextmanager
+def recorded_texts() -> Iterator[List]:
+    """Every matplotlib text drawn meanwhile (detectron2's ``Visualizer`` draws its labels with
+    ``Axes.text``): the list of artists, for tests of where labels are and what they say."""
+    from matplotlib.axes import Axes
+
+    texts: List = []
+    original = Axes.text
+
+    def text(self, *args, **kwargs):
+        artist = original(self, *args, **kwargs)
+        texts.append(artist)
+        return artist
+
+    Axes.text = text
+    try:
+        yield texts
+    finally:
+        Axes.text = original

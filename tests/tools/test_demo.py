@@ -21,7 +21,7 @@ from torch import nn
 
 from hiervl.data.datasets.demo import DEMO_CLASSES, DEMO_COLORS
 from hiervl.utils.checkpoint import TEACHER_CHECKPOINT_KEY
-from hiervl.utils.testing import tiny_config
+from hiervl.utils.testing import recorded_texts, tiny_config, train_tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,7 +123,7 @@ def test_one_png_per_input_of_input_size(tmp_path):
         assert picture.shape == (h, w, 3)
 
 
-def test_show_gt_is_twice_as_wide_and_draws_both(tmp_path):
+def test_show_gt_is_twice_as_wide_draws_both_and_captions_them(tmp_path):
     # Flat regions: Visualizer re-renders the image (nearest resampling), exact away from edges.
     image, mask = _scene(64, 160, 2, noise=0)
     image_path, mask_path = str(tmp_path / "img.png"), str(tmp_path / "img_mask.png")
@@ -133,13 +133,20 @@ def test_show_gt_is_twice_as_wide_and_draws_both(tmp_path):
     Image.fromarray(gt).save(mask_path)
     dataset = _register_split(tmp_path, [(image_path, mask_path)])
     out = tmp_path / "out"
-    rc = demo.main(
-        ["--config-file", _config_file(tmp_path), "--input", image_path, "--output", str(out)]
-        + ["--dataset", dataset, "--show-gt", "--alpha", "0.8"]
-    )
+    with recorded_texts() as texts:
+        rc = demo.main(
+            ["--config-file", _config_file(tmp_path), "--input", image_path, "--output", str(out)]
+            + ["--dataset", dataset, "--show-gt", "--alpha", "0.8"]
+        )
     assert rc == 0
     picture = np.asarray(Image.open(out / "img.png")).astype(int)
-    assert picture.shape == (64, 320, 3)
+    # A caption strip above the two halves says which is which.
+    strip = picture.shape[0] - 64
+    assert strip > 0 and picture.shape[1:] == (320, 3)
+    captions = [t.get_text() for t in texts if t.get_text() in ("prediction", "ground truth")]
+    assert captions == ["prediction", "ground truth"]
+    assert np.median(picture[:strip]) < 60  # the dark strip
+    picture = picture[strip:]
     pred, right = picture[:, :160], picture[:, 160:]
     # Prediction overlay covers the whole image; the gt panel leaves the ignored half as is.
     assert np.abs(pred[:, :20] - image[:, :20]).mean() > 5
@@ -229,7 +236,7 @@ def test_real_model_tta_through_predictor():
     assert outputs["sem_seg"].shape == (len(DEMO_CLASSES), 70, 90)
     assert outputs["relevance"].shape == (len(DEMO_CLASSES),)
     assert torch.isfinite(outputs["sem_seg"]).all() and (outputs["sem_seg"] >= 0).all()
-    assert picture.shape == (70, 180, 3)
+    assert picture.shape[0] > 70 and picture.shape[1:] == (180, 3)  # + the caption strip
     model.flip, model.scales = False, [1.0]
     plain = vis.predictor(image)["sem_seg"]
     assert plain.shape == outputs["sem_seg"].shape
@@ -277,3 +284,85 @@ def test_show_gt_with_a_mask_of_another_size_skips_that_input(tmp_path, caplog):
     assert rc == 1
     assert os.listdir(out) == ["good.png"]
     assert "bad_mask.png is 30x20 (WxH), the image 30x24" in caplog.text
+
+
+def _trained_weights(tmp_path):
+    """The tiny HierVL trained on the demo's 8 classes, saved as a checkpoint."""
+    path = tmp_path / "trained.pth"
+    torch.save({"model": train_tiny_model().state_dict()}, path)
+    return str(path)
+
+
+def _real_config_file(tmp_path, weights):
+    path = tmp_path / f"real_{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(tiny_config(MODEL__WEIGHTS=weights).dump())
+    return str(path)
+
+
+def test_classes_option_predicts_and_draws_the_given_names(tmp_path):
+    import hiervl.hiervl_model  # noqa: F401
+
+    image, _ = _scene(64, 96, 6)
+    path = tmp_path / "scene.png"
+    Image.fromarray(image).save(path)
+    names = ["sky", "road", "car", "person"]
+    cfg_file = _real_config_file(tmp_path, _trained_weights(tmp_path))
+    out = tmp_path / "out"
+    with recorded_texts() as texts:
+        rc = demo.main(
+            ["--config-file", cfg_file, "--input", str(path), "--output", str(out)]
+            + ["--classes", ", ".join(names)]
+        )
+    assert rc == 0
+    assert np.asarray(Image.open(out / "scene.png")).shape == (64, 96, 3)
+    drawn = {t.get_text() for t in texts}
+    assert drawn and drawn <= set(names)
+
+    # The predictor behind it: ids over the given list (4 classes), as many relevances.
+    vis = importlib.import_module("predictor").VisualizationDemo(
+        tiny_config(MODEL__WEIGHTS=str(tmp_path / "trained.pth")),
+        metadata=MetadataCatalog.get("hiervl_demo_val"),
+        class_names=names,
+    )
+    outputs, _ = vis.run_on_image(image)
+    assert outputs["sem_seg"].shape == (4, 64, 96) and outputs["relevance"].shape == (4,)
+    assert vis.metadata.stuff_classes == names
+    assert vis.metadata.stuff_colors[0] == tuple(DEMO_COLORS[0])  # "sky" keeps its colour
+
+
+def test_classes_file_reads_a_class_list_with_descriptions(tmp_path):
+    import hiervl.hiervl_model  # noqa: F401
+
+    classes = tmp_path / "classes.txt"
+    classes.write_text("water\tthe sea\nboat\ta sailing boat\tship\n")
+    args = demo.get_parser().parse_args(
+        ["--config-file", "x", "--output", "y", "--classes-file", str(classes)]
+    )
+    assert demo.class_names_of(args) == (
+        ["water", "boat"],
+        [["the sea"], ["a sailing boat", "ship"]],
+    )
+    image, _ = _scene(40, 40, 7)
+    path = tmp_path / "scene.png"
+    Image.fromarray(image).save(path)
+    cfg_file = _real_config_file(tmp_path, _trained_weights(tmp_path))
+    rc = demo.main(
+        ["--config-file", cfg_file, "--input", str(path), "--output", str(tmp_path / "out")]
+        + ["--classes-file", str(classes)]
+    )
+    assert rc == 0
+    with pytest.raises(SystemExit):  # one of the two options only
+        demo.get_parser().parse_args(
+            ["--config-file", "x", "--output", "y", "--classes", "a", "--classes-file", "f"]
+        )
+
+
+def test_classes_option_needs_a_model_that_takes_class_names(tmp_path):
+    image, _ = _scene(20, 20, 8)
+    path = tmp_path / "x.png"
+    Image.fromarray(image).save(path)
+    with pytest.raises(TypeError, match="class names"):
+        demo.main(
+            ["--config-file", _config_file(tmp_path), "--input", str(path)]
+            + ["--output", str(tmp_path / "out"), "--classes", "sky,road"]
+        )

@@ -288,7 +288,8 @@ class DualQueryTransformerDecoder(nn.Module):
             multi_scale_features: ``num_feature_levels`` maps ``[B, Cin, h_l, w_l]`` (strides
                 32, 16, 8), visited round robin.
             mask_features: ``[B, Dm, H/4, W/4]`` per-pixel embedding ``P``.
-            class_queries: ``[B, C·E, D]`` class rows (required iff ``num_class_rows > 0``).
+            class_queries: ``[B, C'·E, D]`` class rows (required iff ``num_class_rows > 0``;
+                ``C'`` may differ from the training ``C``: class names at inference).
             keep: ``[B, C·E]`` bool, class rows allowed in attention (default all).
 
         Returns:
@@ -305,14 +306,20 @@ class DualQueryTransformerDecoder(nn.Module):
         batch = mask_features.shape[0]
         rows, pos, row_keep = [], [], []
         if self.num_class_rows > 0:
-            if class_queries is None or class_queries.shape[1] != self.num_class_rows:
+            # Any number of classes C' (class names other than the training ones at inference):
+            # the rows' weights are shared over classes, only the level embedding is per row.
+            num_rows = 0 if class_queries is None else class_queries.shape[1]
+            if num_rows == 0 or num_rows % self.num_levels != 0:
                 got = None if class_queries is None else tuple(class_queries.shape)
-                raise ValueError(f"expected class queries [B, {self.num_class_rows}, D], got {got}")
+                raise ValueError(
+                    f"expected class queries [B, C'*{self.num_levels}, D] (training: "
+                    f"{self.num_class_rows} rows), got {got}"
+                )
             if keep is None:
                 keep = torch.ones(
                     class_queries.shape[:2], dtype=torch.bool, device=mask_features.device
                 )
-            num_classes_rows = self.num_class_rows // self.num_levels
+            num_classes_rows = num_rows // self.num_levels
             level_pos = self.class_level_pos.weight.repeat(num_classes_rows, 1)
             rows.append(class_queries)
             pos.append(level_pos[None].expand(batch, -1, -1))
