@@ -244,3 +244,22 @@ def test_deploy_cli_labels_a_folder_without_hiervl(exported, tmp_path):
         labels = np.asarray(png)
         assert labels.shape == image.shape[:2]
         np.testing.assert_array_equal(labels, segmenter(image)[1])
+
+
+@needs_export_extra
+def test_benchmark_times_the_three_paths_on_the_same_images(exported, capsys):
+    config, weights, out = exported
+    benchmark = _load(
+        os.path.join(REPO, "tools", "benchmark_export.py"), "hiervl_tool_bench_export"
+    )
+    seconds, count = benchmark.main(
+        ["--config-file", config, "--export", out, "--limit", "2", "--warmup", "0"]
+        + ["--threads", "1", "MODEL.WEIGHTS", weights]
+    )
+    assert count == 2
+    assert list(seconds) == ["pytorch eager", "onnxruntime", "torch.export"]
+    assert all(s > 0 for s in seconds.values())
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("2 images 128x128, window 64x64, stride 48x48")
+    assert printed[-4].split() == ["path", "images/s", "ms/image", "vs", "eager"]
+    assert printed[-3].endswith(" 1.00x")
