@@ -196,13 +196,14 @@ def test_onnx_runtime_and_program_match_pytorch_on_val_images(exported):
 @needs_export_extra
 def test_check_mode_passes_on_the_export_and_fails_on_other_weights(exported, capsys):
     config, weights, out = exported
-    base = ["--config-file", config, "--output", out, "--check", "--limit", "3"]
+    base = ["--config-file", config, "--output", out, "--check", "--limit", "2"]
     assert export_model.main(base + ["MODEL.WEIGHTS", weights]) == 0
     printed = capsys.readouterr().out
     assert "tolerance: max |score difference| <= 0.001" in printed
     assert printed.count(" ok") == 2
     # The student's weights are not the exported teacher's: the check must say so.
-    student = base + ["MODEL.WEIGHTS", weights, "MODEL.HIERVL.TEST.USE_TEACHER", "False"]
+    student = base + ["--format", "onnx", "MODEL.WEIGHTS", weights]
+    student += ["MODEL.HIERVL.TEST.USE_TEACHER", "False"]
     assert export_model.main(student) == 1
     assert "FAILED" in capsys.readouterr().out
 
