@@ -37,7 +37,9 @@ def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config-file", required=True, metavar="FILE", help="model config")
     p.add_argument("--export", required=True, help="folder of hiervl.onnx and hiervl.pt2")
-    p.add_argument("--input", nargs="+", default=[], help="image files or folders")
+    p.add_argument(
+        "--input", action="append", default=[], help="an image file or folder (repeatable)"
+    )
     p.add_argument("--dataset", default="", help="registered split (default DATASETS.TEST[0])")
     p.add_argument("--limit", type=int, default=0, help="at most N images (0 = all)")
     p.add_argument("--warmup", type=int, default=2, help="untimed images per path")

@@ -18,9 +18,10 @@ the CPU with MSDeformAttn's reference path (``grid_sample``), the one that trace
 inside the graph and what is not: ``hiervl/export.py``.
 
 ``--check`` loads the exported files, runs them through ``deploy/onnx_segmenter.py``'s sliding
-window on the images of ``--input`` (files or folders) or of the split ``--dataset`` (default
-``DATASETS.TEST[0]``), and compares with the PyTorch model's sliding-window inference on the
-same images (no test-time augmentation; the windows and stride stored in the export). Per file
+window on the images of ``--input`` (a file or folder; repeatable) or of the split
+``--dataset`` (default ``DATASETS.TEST[0]``), and compares with the PyTorch model's
+sliding-window inference on the same images (no test-time augmentation; the windows and
+stride stored in the export). Per file
 it prints the largest absolute score difference and the share of pixels whose label agrees; it
 exits with 1 when a file differs by more than ``--atol`` or agrees on less than
 ``--min-agreement``.
@@ -61,11 +62,11 @@ logger = logging.getLogger("hiervl.export_model")
 FORMATS = ("onnx", "pt2")
 FILE_NAMES = {"onnx": "hiervl.onnx", "pt2": "hiervl.pt2"}
 # Default tolerance of --check. Scores are sums over the decoder rows of class probability x
-# mask probability (0 to a few; up to 3 on the demo model). The exported files compute the same
-# float32 operations in another order: on the demo model's 40 val images they differ from
-# PyTorch by up to 1.7e-4 (ONNX Runtime 7.5e-5), partly because the decoder's attention masks
-# threshold the mask logits (a logit within rounding of 0 flips a mask entry). Other weights
-# differ far more: the demo's student checked against its teacher's export, by 0.85.
+# mask probability (between 0 and the number of rows). The exported files compute the same
+# float32 operations in another order (fused kernels, other summation orders): on the demo
+# model's 40 val images they differ from PyTorch by up to 2.2e-4 (the .pt2) and 1.5e-4 (ONNX
+# Runtime). Other weights differ far more: the demo's student checked against its teacher's
+# export, by 0.76; so does an image smaller than the window (README, Deploy).
 DEFAULT_ATOL = 1e-3
 DEFAULT_MIN_AGREEMENT = 0.999
 
@@ -80,7 +81,10 @@ def get_parser() -> argparse.ArgumentParser:
         help="check the exported files in --output against the PyTorch model (no export)",
     )
     p.add_argument(
-        "--format", nargs="+", choices=FORMATS, default=list(FORMATS), help="files to write/check"
+        "--format",
+        choices=FORMATS + ("both",),
+        default="both",
+        help="the file to write / check (default both)",
     )
     p.add_argument(
         "--size",
@@ -90,7 +94,12 @@ def get_parser() -> argparse.ArgumentParser:
         help="input window (default: MODEL.HIERVL.TEST.CROP_SIZE)",
     )
     p.add_argument("--opset", type=int, default=hx.DEFAULT_OPSET, help="ONNX opset (>= 17)")
-    p.add_argument("--input", nargs="+", default=[], help="--check: image files or folders")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        help="--check: an image file or folder (repeat the option for more)",
+    )
     p.add_argument(
         "--dataset", default="", help="--check: registered split (default DATASETS.TEST[0])"
     )
@@ -175,11 +184,12 @@ def export(args: argparse.Namespace) -> Dict[str, str]:
     logger.info("torch.export: %.1f s", time.perf_counter() - start)
     os.makedirs(args.output, exist_ok=True)
     written = {}
-    if "pt2" in args.format:
+    formats = FORMATS if args.format == "both" else (args.format,)
+    if "pt2" in formats:
         path = os.path.join(args.output, FILE_NAMES["pt2"])
         hx.save_program(program, path, info)
         written["pt2"] = path
-    if "onnx" in args.format:
+    if "onnx" in formats:
         path = os.path.join(args.output, FILE_NAMES["onnx"])
         start = time.perf_counter()
         hx.export_onnx(program, path, info, opset=args.opset)
@@ -255,7 +265,8 @@ def check_images(args: argparse.Namespace, cfg: CfgNode) -> List[Tuple[str, np.n
 def check(args: argparse.Namespace) -> bool:
     """Compare the exported files with the PyTorch model; print the table; True when every
     file is within the tolerance."""
-    segmenters, info = load_segmenters(args.output, args.format, batch_size=args.batch_size)
+    formats = FORMATS if args.format == "both" else (args.format,)
+    segmenters, info = load_segmenters(args.output, formats, batch_size=args.batch_size)
     cfg = setup_cfg(args, info["window"], info["stride"])
     model, loaded = build_inference_model(cfg)
     if loaded != info["weights"]:
