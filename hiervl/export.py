@@ -12,7 +12,8 @@ the relevance gate (the ``keep`` mask of the class rows), the pixel decoder (MSD
 reference path, one ``grid_sample`` per level, and the CMSAM blocks), the dual-query decoder,
 the semantic map and its upsampling to the window size. Outside: reading and normalising
 images, the sliding window and the averaging of overlapping windows (``deploy/``), test-time
-flips and scales, and the text encoder (the class names are fixed at export).
+flips and scales, and the text encoder (the class names are fixed at export: the model's
+inference classes, ``HierVL.set_inference_classes``).
 
 Both files come from one ``torch.export`` trace: the ``.pt2`` program is saved as it is and
 converted to ONNX by ``torch.onnx``'s ``torch.export``-based exporter (``dynamo=True``, which
@@ -86,18 +87,25 @@ class WindowSegmenter(nn.Module):
     exported graph and the model's own inference share one implementation.
     """
 
-    def __init__(self, model: nn.Module, text: torch.Tensor):
+    def __init__(self, model: nn.Module, text: torch.Tensor, source: Optional[torch.Tensor] = None):
         """
         Args:
             model: a HierVL model in eval mode (its weights are shared, not copied).
-            text: ``[C, Dt]`` class text embeddings (``model.text_embeddings()`` for the
-                training classes), stored as a buffer: a constant of the exported graph.
+            text: ``[C, Dt]`` class text embeddings (``window_text``), stored as a buffer: a
+                constant of the exported graph.
+            source: ``[C]`` training class of each class (-1 for other names), None for the
+                training classes (``HierVL._predict``; ``window_text`` gives both).
         """
         super().__init__()
         if model.training:
             raise ValueError("WindowSegmenter needs the model in eval mode (model.eval())")
         self.model = _inference_view(model)
         self.register_buffer("text", text.detach().clone())
+        self.source: Optional[torch.Tensor]
+        if source is None:
+            self.source = None
+        else:
+            self.register_buffer("source", source.detach().clone().long())
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """
@@ -108,7 +116,7 @@ class WindowSegmenter(nn.Module):
             ``scores [B, C, h, w]`` float32 (not normalised over classes) and
             ``labels [B, h, w]`` int64 (argmax over ``C``).
         """
-        scores, _ = self.model._predict(images, self.text)
+        scores, _ = self.model._predict(images, self.text, self.source)
         return scores, scores.argmax(dim=1)
 
 
@@ -117,6 +125,7 @@ def deployment_info(
     *,
     class_names: Sequence[str],
     class_colors: Optional[Sequence[Sequence[int]]],
+    class_descriptions: Optional[Sequence[Sequence[str]]] = None,
     window: Sequence[int],
     stride: Sequence[int],
     input_format: str,
@@ -129,6 +138,8 @@ def deployment_info(
         model: the HierVL model (pixel mean / std are read from it).
         class_names: the ``C`` names the text embeddings were computed for.
         class_colors: ``C`` RGB colours, or None.
+        class_descriptions: the description lists given with the names (None: the training
+            classes' own), to compute the same embeddings again for a check.
         window: ``(h, w)`` of the exported input.
         stride: ``(h, w)`` step of the sliding window.
         input_format: ``"RGB"`` or ``"BGR"`` (``INPUT.FORMAT``).
@@ -138,6 +149,9 @@ def deployment_info(
         "format": "hiervl-window/1",
         "class_names": [str(n) for n in class_names],
         "class_colors": None if class_colors is None else [list(map(int, c)) for c in class_colors],
+        "class_descriptions": (
+            None if class_descriptions is None else [list(map(str, d)) for d in class_descriptions]
+        ),
         "pixel_mean": [float(v) for v in model.pixel_mean.flatten()],
         "pixel_std": [float(v) for v in model.pixel_std.flatten()],
         "input_format": input_format,
@@ -278,8 +292,15 @@ def compare_with_model(
     return stats
 
 
-def window_text(model: nn.Module) -> torch.Tensor:
-    """The class text embeddings to export: ``[C, Dt]`` of the model's classes (with the
-    learned prompts and the class descriptions), computed once."""
+def window_text(model: nn.Module) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """What the export fixes of the classes the model predicts over
+    (``HierVL.set_inference_classes``; the training classes by default).
+
+    Returns:
+        ``text [C, Dt]`` (learned prompts, class descriptions), computed once, and ``source
+        [C]`` (training class of each class, -1 for other names; None for the training list).
+    """
     with torch.no_grad():
-        return model.text_embeddings().detach().clone()
+        text = model.inference_text_embeddings().detach().clone()
+    source = model._class_source
+    return text, None if source is None else source.clone()

@@ -94,8 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Tuple[Dict[str, float], int]:
     )
     cfg = export_model.setup_cfg(args, info["window"], info["stride"])
     model, _ = export_model.build_inference_model(cfg)
-    if info["class_names"] != list(model.class_names):
-        raise ValueError("the export's class names differ from the model's: export them again")
+    model.set_inference_classes(info["class_names"], info.get("class_descriptions"))
     images = [image for _, image in export_model.check_images(args, cfg)]
 
     def eager(image: np.ndarray) -> np.ndarray:

@@ -13,7 +13,9 @@
 The export holds the EMA teacher's weights when the checkpoint has them
 (``MODEL.HIERVL.TEST.USE_TEACHER``) and takes windows of the config's test crop
 (``MODEL.HIERVL.TEST.CROP_SIZE``, or ``--size``), any batch. The class text embeddings are
-computed once, here, for the model's classes and stored in the graph. The model is built on
+computed once, here, for the classes the model predicts over (its training classes,
+``MODEL.HIERVL.TEST.CLASS_NAMES``, or ``--classes`` / ``--classes-file``) and stored in the
+graph. The model is built on
 the CPU with MSDeformAttn's reference path (``grid_sample``), the one that traces. What is
 inside the graph and what is not: ``hiervl/export.py``.
 
@@ -50,6 +52,8 @@ import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
 from hiervl import export as hx  # noqa: E402
 from hiervl.config import load_config  # noqa: E402
+from hiervl.data.datasets.folder import read_classes  # noqa: E402
+from hiervl.evaluation.visualization import class_list_metadata  # noqa: E402
 from hiervl.utils.checkpoint import load_inference_weights  # noqa: E402
 from onnx_segmenter import (  # noqa: E402
     IMAGE_EXTENSIONS,
@@ -94,6 +98,19 @@ def get_parser() -> argparse.ArgumentParser:
         help="input window (default: MODEL.HIERVL.TEST.CROP_SIZE)",
     )
     p.add_argument("--opset", type=int, default=hx.DEFAULT_OPSET, help="ONNX opset (>= 17)")
+    classes = p.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes",
+        default="",
+        help="comma-separated class names to export for instead of the model's classes "
+        "(HierVL.set_inference_classes; as demo/demo.py --classes)",
+    )
+    classes.add_argument(
+        "--classes-file",
+        default="",
+        metavar="FILE",
+        help="class names to export for, one per line (a folder dataset's classes.txt)",
+    )
     p.add_argument(
         "--input",
         action="append",
@@ -153,26 +170,39 @@ def build_inference_model(cfg: CfgNode) -> Tuple[torch.nn.Module, str]:
     return model, loaded
 
 
-def class_colors(cfg: CfgNode, names: Sequence[str]) -> Optional[List[List[int]]]:
-    """Colours of the training split's metadata for ``names`` when every name has one."""
-    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    known = dict(zip(metadata.get("stuff_classes", []), metadata.get("stuff_colors", [])))
-    if all(n in known for n in names):
-        return [list(known[n]) for n in names]
-    return None
+def class_names_of(args: argparse.Namespace) -> Tuple[Optional[List[str]], Optional[List]]:
+    """``(names, descriptions)`` of ``--classes`` / ``--classes-file``; ``(None, None)``
+    without either (the model's classes)."""
+    if args.classes_file:
+        return read_classes(args.classes_file)
+    if args.classes:
+        return [n.strip() for n in args.classes.split(",")], None
+    return None, None
+
+
+def class_colors(cfg: CfgNode, names: Sequence[str]) -> List[List[int]]:
+    """Colours of ``names``: a training class keeps its colour, other names get distinct
+    ones (``class_list_metadata``)."""
+    metadata = class_list_metadata(names, MetadataCatalog.get(cfg.DATASETS.TRAIN[0]))
+    return [list(c) for c in metadata.stuff_colors]
 
 
 def export(args: argparse.Namespace) -> Dict[str, str]:
     """Write the files of ``--format`` into ``--output``; returns format -> path."""
     cfg = setup_cfg(args, args.size)
     model, loaded = build_inference_model(cfg)
-    names = list(model.class_names)
-    window = hx.WindowSegmenter(model, hx.window_text(model)).eval()
+    given, descriptions = class_names_of(args)
+    if given is not None:
+        model.set_inference_classes(given, descriptions)
+    names = list(model.inference_class_names)
+    text, source = hx.window_text(model)
+    window = hx.WindowSegmenter(model, text, source).eval()
     size = tuple(int(s) for s in cfg.MODEL.HIERVL.TEST.CROP_SIZE)
     info = hx.deployment_info(
         model,
         class_names=names,
         class_colors=class_colors(cfg, names),
+        class_descriptions=descriptions,
         window=size,
         stride=cfg.MODEL.HIERVL.TEST.STRIDE,
         input_format=cfg.INPUT.FORMAT,
@@ -273,11 +303,7 @@ def check(args: argparse.Namespace) -> bool:
         logger.warning(
             "the export holds the %s weights, the model here the %s", info["weights"], loaded
         )
-    if info["class_names"] != list(model.class_names):
-        raise ValueError(
-            f"the export predicts over {info['class_names']}, the model over "
-            f"{list(model.class_names)}: check with the export's config"
-        )
+    model.set_inference_classes(info["class_names"], info.get("class_descriptions"))
     images = check_images(args, cfg)
     logger.info("Checking %s on %d images", ", ".join(segmenters), len(images))
     stats = hx.compare_with_model(model, images, segmenters)

@@ -24,7 +24,7 @@ from detectron2.utils.env import seed_all_rng
 from PIL import Image
 
 from hiervl import export as hx
-from hiervl.data.datasets.demo import DEMO_CLASSES
+from hiervl.data.datasets.demo import DEMO_CLASSES, DEMO_COLORS
 from hiervl.hiervl_model import HierVL
 from hiervl.utils.testing import tiny_config
 
@@ -66,8 +66,9 @@ def test_sliding_window_over_the_eager_window_is_the_models_inference():
     model's own sliding-window scores, on images larger and smaller than the window."""
     seed_all_rng(0)
     model = build_model(tiny_config()).eval()
-    text = hx.window_text(model)
-    window = hx.WindowSegmenter(model, text).eval()
+    text, source = hx.window_text(model)
+    assert source is None
+    window = hx.WindowSegmenter(model, text, source).eval()
 
     def run(windows):
         with torch.no_grad():
@@ -100,7 +101,7 @@ def test_window_model_carries_only_inference_weights():
     """The exported program would otherwise hold the frozen text tower and the frozen ViT copy
     of Eq. 6 (unused parameters are kept by torch.export)."""
     model = build_model(tiny_config()).eval()
-    window = hx.WindowSegmenter(model, hx.window_text(model))
+    window = hx.WindowSegmenter(model, *hx.window_text(model))
     keys = list(window.state_dict())
     assert "text" in keys
     assert not [k for k in keys if "text_encoder" in k or "frozen_visual" in k]
@@ -182,7 +183,7 @@ def test_onnx_runtime_and_program_match_pytorch_on_val_images(exported):
         assert stats[fmt]["agreement"] >= 0.999, stats
         assert stats[fmt]["max_abs_diff"] <= export_model.DEFAULT_ATOL, stats
     # The gate drops class rows on these images, so their agreement covers it.
-    text = hx.window_text(model)
+    text, _ = hx.window_text(model)
     kept = []
     for _, image in images:
         tensor = model._normalize(torch.as_tensor(image.transpose(2, 0, 1).copy()))
@@ -206,6 +207,26 @@ def test_check_mode_passes_on_the_export_and_fails_on_other_weights(exported, ca
     student += ["MODEL.HIERVL.TEST.USE_TEACHER", "False"]
     assert export_model.main(student) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@needs_export_extra
+def test_export_for_other_class_names(trained, tmp_path, capsys):
+    """``--classes``: the export predicts over the given list (training classes reordered and
+    a name that is none, scored through the decoder's text-space projection), its metadata
+    follows, and it matches the PyTorch model predicting over the same list."""
+    config, weights = trained
+    out = str(tmp_path)
+    base = ["--config-file", config, "--output", out, "--format", "pt2"]
+    names = ["grass", "sky", "road"]
+    assert export_model.main(base + ["--classes", ",".join(names), "MODEL.WEIGHTS", weights]) == 0
+    program, info = hx.load_program(os.path.join(out, "hiervl.pt2"))
+    assert info["class_names"] == names
+    assert info["class_colors"][:2] == [list(DEMO_COLORS[3]), list(DEMO_COLORS[0])]
+    scores, labels = program.module()(torch.zeros(1, 3, 64, 64))
+    assert scores.shape == (1, 3, 64, 64) and labels.shape == (1, 64, 64)
+    check = base + ["--check", "--limit", "2", "MODEL.WEIGHTS", weights]
+    assert export_model.main(check) == 0
+    assert "FAILED" not in capsys.readouterr().out
 
 
 @needs_export_extra
