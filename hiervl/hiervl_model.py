@@ -360,7 +360,10 @@ class HierVL(nn.Module):
         source = source.to(probs.device)
         known = source >= 0
         out = probs[..., source.clamp(min=0)]
-        if bool(known.all()):
+        # Without phi every name is a training class (set_inference_classes checks it). With
+        # phi, the torch.where below returns `out` itself when every name is known: no test of
+        # the values of `source` here, so that torch.export can trace this (tools/export_model).
+        if "pred_embeds" not in outputs:
             return out
         objectness = 1.0 - probs[..., -1:]
         similarity = F.normalize(outputs["pred_embeds"].float(), dim=-1) @ text.float().t()

@@ -6,7 +6,9 @@
 #   HIERVL_DETECTRON2_SOURCE='git+https://github.com/facebookresearch/detectron2.git' \
 #       bash tools/setup_env.sh        # build upstream detectron2 instead of the PyPI wheel
 #
-# A second run with the same requirements does nothing. An installed detectron2 is kept.
+# Installs requirements.txt and the "export" extra (requirements-export.txt: onnx, onnxruntime,
+# onnxscript for tools/export_model.py). A second run with the same requirements does nothing.
+# An installed detectron2 is kept.
 # Prints the environment's python on its last line.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,14 +26,18 @@ fi
 
 prefix=$("$py" -c 'import sys; print(sys.prefix)')
 stamp=$prefix/.hiervl-env-stamp
-want=$(cat "$repo/requirements.txt" "$repo/pyproject.toml" "$repo/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)
+want=$(cat "$repo/requirements.txt" "$repo/requirements-export.txt" "$repo/pyproject.toml" \
+  "$repo/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   echo "$py"
   exit 0
 fi
 
-echo "[setup_env] installing requirements.txt into $prefix (first run: a few minutes)" >&2
-"$py" -m pip install -q --disable-pip-version-check -r "$repo/requirements.txt" >&2
+echo "[setup_env] installing requirements.txt and requirements-export.txt into $prefix" \
+  "(first run: a few minutes)" >&2
+# One resolver run for both files, so the extra cannot move a pin of requirements.txt.
+"$py" -m pip install -q --disable-pip-version-check -r "$repo/requirements.txt" \
+  -r "$repo/requirements-export.txt" >&2
 
 if "$py" -c 'import detectron2' 2>/dev/null; then
   echo "[setup_env] keeping the installed detectron2" >&2
@@ -54,7 +60,7 @@ else
 fi
 
 "$py" -m pip install -q --disable-pip-version-check --no-deps -e "$repo" >&2
-"$py" -c 'import detectron2, open_clip, hiervl' >&2
+"$py" -c 'import detectron2, open_clip, hiervl, onnx, onnxruntime, onnxscript' >&2
 echo "$want" > "$stamp"
 echo "[setup_env] ready: $py" >&2
 echo "$py"

@@ -18,7 +18,7 @@ import importlib
 import importlib.util
 import logging
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +50,8 @@ def ms_deform_attn_reference(
     level_start_index: torch.Tensor,
     sampling_locations: torch.Tensor,
     attention_weights: torch.Tensor,
+    *,
+    shapes: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> torch.Tensor:
     """Pure-PyTorch multi-scale deformable attention (one ``F.grid_sample`` per level).
 
@@ -65,14 +67,20 @@ def ms_deform_attn_reference(
         sampling_locations: ``[B, Lq, H, L, P, 2]``, ``(x, y)`` normalised to ``[0, 1]``
             (values outside are allowed).
         attention_weights: ``[B, Lq, H, L, P]``.
+        shapes: the same ``(h, w)`` as ``spatial_shapes``, as Python ints, when the caller
+            knows them (see ``ms_deform_attn``); the level offsets are then their running sums.
 
     Returns:
         ``[B, Lq, H * Dh]`` in the dtype of ``value``.
     """
     batch, _, heads, head_dim = value.shape
     _, num_queries, _, levels, points, _ = sampling_locations.shape
-    shapes = _as_int_pairs(spatial_shapes)
-    starts = [int(s) for s in level_start_index.tolist()]
+    if shapes is None:
+        shapes = _as_int_pairs(spatial_shapes)
+        starts = [int(s) for s in level_start_index.tolist()]
+    else:
+        shapes = [(int(h), int(w)) for h, w in shapes]
+        starts = [sum(h * w for h, w in shapes[:lvl]) for lvl in range(len(shapes))]
     grids = 2.0 * sampling_locations.to(value.dtype) - 1.0
     sampled = []
     for lvl, (h, w) in enumerate(shapes):
@@ -184,6 +192,7 @@ def ms_deform_attn(
     attention_weights: torch.Tensor,
     *,
     impl: str = "auto",
+    shapes: Optional[Sequence[Tuple[int, int]]] = None,
 ) -> torch.Tensor:
     """Multi-scale deformable attention with explicit dispatch (see the module docstring).
 
@@ -195,11 +204,19 @@ def ms_deform_attn(
         attention_weights: ``[B, Lq, H, L, P]``.
         impl: ``"auto"`` (fused kernel on CUDA when available), ``"reference"``, or ``"fused"``
             (raises ``RuntimeError`` when the kernel cannot run).
+        shapes: the same ``(h, w)`` as ``spatial_shapes``, as Python ints, when the caller
+            knows them (the pixel decoder does): the reference path then reads no tensor
+            values on the host, which spares a device-to-host copy per call and lets
+            ``torch.export`` trace it (``.tolist()`` of a traced tensor is data-dependent).
 
     Returns:
         ``[B, Lq, H * Dh]`` in the dtype of ``value``.
     """
     _check_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    if shapes is not None and len(shapes) != spatial_shapes.shape[0]:
+        raise ValueError(
+            f"shapes has {len(shapes)} levels, spatial_shapes {spatial_shapes.shape[0]}"
+        )
     path, reason = resolve_impl(impl, value)
     _log_once(path, reason)
     if path == "fused":
@@ -209,7 +226,12 @@ def ms_deform_attn(
             value, spatial_shapes, level_start_index, sampling_locations, attention_weights
         )
     return ms_deform_attn_reference(
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        value,
+        spatial_shapes,
+        level_start_index,
+        sampling_locations,
+        attention_weights,
+        shapes=shapes,
     )
 
 

@@ -2,7 +2,7 @@
 
 import logging
 import math
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -88,6 +88,8 @@ class MSDeformAttn(nn.Module):
         input_spatial_shapes: torch.Tensor,
         input_level_start_index: torch.Tensor,
         input_padding_mask: Optional[torch.Tensor] = None,
+        *,
+        shapes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -100,13 +102,19 @@ class MSDeformAttn(nn.Module):
             input_level_start_index: long ``[L]``, offset of every level in ``S``.
             input_padding_mask: bool ``[B, S]``, True at padded positions (their values are
                 zeroed), or None.
+            shapes: the same ``(h, w)`` per level as Python ints, when the caller knows them:
+                no tensor value is then read on the host (``ms_deform_attn``), which lets
+                ``torch.export`` trace the layer.
 
         Returns:
             ``[B, Lq, C]``.
         """
         batch, num_queries, _ = query.shape
         _, num_values, _ = input_flatten.shape
-        if int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum()) != num_values:
+        if shapes is not None:
+            if sum(int(h) * int(w) for h, w in shapes) != num_values:
+                raise ValueError(f"shapes {list(shapes)} do not sum to S={num_values}")
+        elif int((input_spatial_shapes[:, 0] * input_spatial_shapes[:, 1]).sum()) != num_values:
             raise ValueError(
                 f"input_spatial_shapes {input_spatial_shapes.tolist()} do not sum to S={num_values}"
             )
@@ -155,6 +163,7 @@ class MSDeformAttn(nn.Module):
             locations,
             weights,
             impl=self.impl,
+            shapes=shapes,
         )
         return self.output_proj(out)
 

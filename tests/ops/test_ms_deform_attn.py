@@ -163,6 +163,41 @@ def test_module_padding_mask_zeroes_values():
     assert not torch.allclose(m(query, ref, feats2, shapes, starts)[1], out[1])
 
 
+def test_python_shapes_give_the_same_result_and_trace_with_torch_export():
+    """``shapes=`` (the level sizes as Python ints) changes nothing in the result, and lets
+    ``torch.export`` trace the layer: without it the reference reads ``spatial_shapes`` on the
+    host (``.tolist()``), a data-dependent value that export refuses (issue 21)."""
+    torch.manual_seed(0)
+    m = MSDeformAttn(d_model=16, n_levels=3, n_heads=4, n_points=2, impl="reference").eval()
+    query, ref, feats, shapes, starts = _module_inputs()
+    out = m(query, ref, feats, shapes, starts)
+    torch.testing.assert_close(m(query, ref, feats, shapes, starts, shapes=SHAPES), out)
+    value, _, _, loc, weights = _make_inputs()
+    torch.testing.assert_close(
+        ms_deform_attn(value, shapes, starts, loc, weights, shapes=SHAPES),
+        ms_deform_attn_reference(value, shapes, starts, loc, weights),
+    )
+    with pytest.raises(ValueError, match="do not sum"):
+        m(query, ref, feats, shapes, starts, shapes=SHAPES[:2] + [(1, 5)])
+    with pytest.raises(ValueError, match="levels"):
+        ms_deform_attn(value, shapes, starts, loc, weights, shapes=SHAPES[:2])
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = m
+
+        def forward(self, query, ref, feats):
+            spatial = torch.as_tensor(SHAPES, dtype=torch.long)
+            sizes = spatial.prod(dim=1)
+            level_starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
+            return self.attn(query, ref, feats, spatial, level_starts, shapes=SHAPES)
+
+    with torch.no_grad():
+        program = torch.export.export(Layer(), (query, ref, feats))
+        torch.testing.assert_close(program.module()(query, ref, feats), out)
+
+
 def test_benchmark_cpu_smoke(capsys):
     path = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "benchmark_msdeformattn.py")
     spec = importlib.util.spec_from_file_location("benchmark_msdeformattn", path)

@@ -1,7 +1,7 @@
 """``HierVLPixelDecoder``: multi-scale deformable-attention encoder with CMSAM blocks (§3.3)."""
 
 import logging
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -65,6 +65,7 @@ class MSDeformAttnEncoderLayer(nn.Module):
         reference_points: torch.Tensor,
         spatial_shapes: torch.Tensor,
         level_start_index: torch.Tensor,
+        shapes: Optional[Sequence[Tuple[int, int]]] = None,
     ) -> torch.Tensor:
         """
         Args:
@@ -73,12 +74,19 @@ class MSDeformAttnEncoderLayer(nn.Module):
             reference_points: ``[B, S, L, 2]`` pixel centres ``(x, y)`` in ``[0, 1]``.
             spatial_shapes: long ``[L, 2]`` ``(h, w)`` per level.
             level_start_index: long ``[L]`` offset of every level in ``S``.
+            shapes: ``spatial_shapes`` as Python ints (see ``MSDeformAttn.forward``), or None.
 
         Returns:
             ``[B, S, C]``.
         """
         attn = self.self_attn(
-            src + pos, reference_points, src, spatial_shapes, level_start_index, None
+            src + pos,
+            reference_points,
+            src,
+            spatial_shapes,
+            level_start_index,
+            None,
+            shapes=shapes,
         )
         src = self.norm1(src + self.dropout(attn))
         ffn = self.linear2(self.dropout(F.relu(self.linear1(src))))
@@ -319,7 +327,7 @@ class HierVLPixelDecoder(nn.Module):
         attn = None
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            src = layer(src, pos, reference_points, spatial_shapes, level_start_index)
+            src = layer(src, pos, reference_points, spatial_shapes, level_start_index, shapes)
             if use_cmsam:
                 queries, src, layer_attn = self.cmsam[i](
                     queries, src, pos, query_keep, return_attn=return_attn and i == last
