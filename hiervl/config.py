@@ -49,9 +49,6 @@ def add_hiervl_config(cfg: CN) -> None:
     clip.IMAGE_SIZE = 512
     # ViT blocks (0-based) whose outputs become the stride 4 / 8 / 16 / 32 pixel features.
     clip.FEATURE_LAYERS = [3, 5, 7, 11]
-    # Learning-rate multiplier of the pretrained CLIP visual tower (not of the layers added to it)
-    # over BASE_LR (VOC 0.01, COCO/ADE 0.001, CS 0.1).
-    clip.BACKBONE_MULTIPLIER = 0.01
     # Number of learnable prompt tokens p_1..p_M put in front of every class name (CoOp style).
     clip.PROMPT_LENGTH = 8
     # Std of the normal init of the prompt tokens.
@@ -252,9 +249,12 @@ def add_hiervl_config(cfg: CN) -> None:
 
     # ---- Solver -------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier over BASE_LR of the pretrained CLIP visual tower (not of the
+    # layers added to it), as Mask2Former's key (VOC 0.01, COCO/ADE 0.001, CS 0.1).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.01
     # Learning-rate multiplier over BASE_LR of every trainable parameter that is not pretrained
     # (decoders, the image encoder's feature pyramid, prompts, projections); the pretrained CLIP
-    # tower gets MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER instead.
+    # tower gets SOLVER.BACKBONE_MULTIPLIER instead.
     cfg.SOLVER.HEAD_MULTIPLIER = 10.0
     # No weight decay on embeddings (prompt tokens, queries, position embeddings).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

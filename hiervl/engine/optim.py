@@ -115,7 +115,7 @@ def build_hiervl_optimizer(
         base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         backbone_prefixes=backbone_prefixes,
-        backbone_multiplier=cfg.MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER,
+        backbone_multiplier=cfg.SOLVER.BACKBONE_MULTIPLIER,
         head_multiplier=cfg.SOLVER.HEAD_MULTIPLIER,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         weight_decay_bias=(

@@ -31,6 +31,6 @@ def test_hiervl_semi_step(tmp_path):
     base = cfg.SOLVER.BASE_LR
     enc = next(g for n, g in names.items() if n.startswith("image_encoder."))
     head = next(g for n, g in names.items() if n.startswith("decoder."))
-    assert math.isclose(enc["initial_lr"], base * cfg.MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER)
+    assert math.isclose(enc["initial_lr"], base * cfg.SOLVER.BACKBONE_MULTIPLIER)
     assert math.isclose(head["initial_lr"], base * cfg.SOLVER.HEAD_MULTIPLIER)
     assert names["text_encoder.prompts"]["weight_decay"] == cfg.SOLVER.WEIGHT_DECAY_EMBED

@@ -47,14 +47,15 @@ def test_param_groups_lr_and_decay():
 
 def test_real_hiervl_only_pretrained_clip_gets_backbone_multiplier():
     """Every trainable parameter of the tiny HierVL and its lr: exactly the pretrained CLIP
-    visual tower is fine-tuned at BACKBONE_MULTIPLIER; the feature pyramid inside the image
-    encoder (new layers feeding the pixel decoder) and everything else train at the head lr."""
+    visual tower is fine-tuned at SOLVER.BACKBONE_MULTIPLIER; the feature pyramid inside the
+    image encoder (new layers feeding the pixel decoder) and everything else train at the head
+    lr."""
     from detectron2.modeling import build_model
 
     from hiervl.engine import HierVLTrainer
     from hiervl.utils.testing import tiny_config
 
-    cfg = tiny_config(MODEL__HIERVL__CLIP__BACKBONE_MULTIPLIER=0.01)
+    cfg = tiny_config(SOLVER__BACKBONE_MULTIPLIER=0.01)
     base, head = cfg.SOLVER.BASE_LR, cfg.SOLVER.BASE_LR * cfg.SOLVER.HEAD_MULTIPLIER
     torch.manual_seed(0)
     model = build_model(cfg)
