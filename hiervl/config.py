@@ -152,8 +152,6 @@ def add_hiervl_config(cfg: CN) -> None:
     ls.MASKED_CONSISTENCY_WEIGHT = 1.0
     ls.PIXEL_TEXT_WEIGHT = 0.5
     ls.PIXEL_TEXT_TEMPERATURE = 0.07
-    # Entropy minimisation on unlabelled predictions.
-    ls.ENTROPY_WEIGHT = 0.01
 
     # ---- Inference ----------------------------------------------------------------------
     ts = hv.TEST = CN()
@@ -211,6 +209,9 @@ def add_hiervl_config(cfg: CN) -> None:
     semi.FEATURE_DROPOUT = 0.0
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
+    # Entropy minimisation on the student's predictions of the strong views: weight of the mean
+    # per-pixel entropy of their class distribution (an unlabelled loss term, times UNSUP_WEIGHT).
+    semi.ENTROPY_WEIGHT = 0.01
     # CutMix between unlabelled images.
     semi.CUTMIX_PROB = 0.5
     # Strong view: colour jitter (probability and strength), grayscale, Gaussian blur.

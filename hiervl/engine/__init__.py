@@ -16,7 +16,14 @@ from .semi import (
     pseudo_labels_from_probs,
     sample_cutmix_masks,
 )
-from .trainer import HierVLTrainer, SemiSupervisedObjective, SemiSupervisedStep, stack_views
+from .trainer import (
+    HierVLTrainer,
+    SemiSupervisedObjective,
+    SemiSupervisedStep,
+    UnlabeledBatch,
+    prediction_entropy,
+    stack_views,
+)
 
 __all__ = [
     "AtomicCheckpointer",
@@ -27,6 +34,7 @@ __all__ = [
     "SemiSupervisedStep",
     "StreamDataset",
     "StreamSampler",
+    "UnlabeledBatch",
     "build_hiervl_lr_scheduler",
     "build_hiervl_optimizer",
     "build_param_groups",
@@ -38,6 +46,7 @@ __all__ = [
     "ema_momentum",
     "ema_update",
     "finalize_pseudo_labels",
+    "prediction_entropy",
     "pseudo_labels_from_probs",
     "sample_cutmix_masks",
     "stack_views",

@@ -15,14 +15,16 @@ One step:
     4. targets: ``threshold`` mode — confidence below ``SEMI.CONF_THRESHOLD`` is ignored (with
        ``SEMI.CLASS_BALANCED_RATIO`` > 0, per-class thresholds: every class predicted in the
        batch keeps its most confident pixels, so small classes are not learnt as absent);
-       ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``); and the
-       classes each mixed image rules out (``absent_classes``): those whose teacher probability
-       stays below ``1 - SEMI.CONF_THRESHOLD`` on every pixel — only their rows learn "no
-       object" (METHOD §8);
-    5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × its
-       loss on the mixed strong views (``labeled=False``; with ``SEMI.FEATURE_DROPOUT``, channel
-       dropout on their encoder features), one forward of
-       :class:`SemiSupervisedObjective` so that DDP sees one forward per backward;
+       ``weight`` mode — every pixel weighted by its confidence; and the classes each mixed
+       image rules out: those whose teacher probability stays below ``1 -
+       SEMI.CONF_THRESHOLD`` on every pixel — only their rows learn "no object" (METHOD §8).
+       All of it travels as one :class:`UnlabeledBatch`;
+    5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × the
+       unlabelled objective — its losses on the mixed strong views against their
+       pseudo-labels (``HierVL.losses(..., labeled=False)``; with ``SEMI.FEATURE_DROPOUT``,
+       channel dropout on their encoder features) plus ``SEMI.ENTROPY_WEIGHT`` × the entropy
+       of its predictions — one forward of :class:`SemiSupervisedObjective` so that DDP sees
+       one forward per backward;
     6. a non-finite loss term stops training with its name; backward (with a GradScaler for
        fp16 autocast), gradient clipping, optimiser step (an update that leaves a non-finite
        weight stops training before any checkpoint: ``FiniteWeightsHook``);
@@ -34,6 +36,7 @@ import os
 import time
 import weakref
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -49,6 +52,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
+from hiervl.hiervl_model import semantic_map
 from hiervl.utils.comm import all_reduce_mean
 
 from .checkpoint import (
@@ -80,6 +84,8 @@ __all__ = [
     "SemiSupervisedObjective",
     "SemiSupervisedStep",
     "HierVLTrainer",
+    "UnlabeledBatch",
+    "prediction_entropy",
     "stack_views",
     "wrap_ddp",
 ]
@@ -131,32 +137,94 @@ def wrap_ddp(module: nn.Module) -> nn.Module:
     return DistributedDataParallel(module, **kwargs)
 
 
+@dataclass
+class UnlabeledBatch:
+    """The pseudo-labelled unlabelled batch of one step (steps 2-4), what the student's
+    unlabelled objective reads. Tensors are ``[B, ...]`` on the CPU.
+
+    Attributes:
+        weak: ``[B, 3, H, W]`` uint8 weak views, the teacher's input (not mixed).
+        strong: ``[B, 3, H, W]`` uint8 strong views (not mixed).
+        strong_mixed: ``[B, 3, H, W]`` uint8 strong views with the CutMix boxes pasted in: the
+            student's input.
+        labels: ``[B, H, W]`` long teacher argmax labels of the weak views (not mixed).
+        conf: ``[B, H, W]`` float their confidences (not mixed).
+        ignore: ``[B, H, W]`` bool padding and ignored pixels of the weak views (not mixed).
+        cutmix: ``[B, H, W]`` bool, True where the pixels come from the mix partner.
+        targets: ``[B, H, W]`` long mixed pseudo-labels, 255 = ignored.
+        weights: ``[B, H, W]`` float confidence weights of the targets ("weight" mode), or
+            None ("threshold" mode).
+        absent: ``[B, C]`` bool classes each mixed image rules out (METHOD §8): their rows
+            learn "no object"; never a class with target pixels.
+        conf_threshold: ``SEMI.CONF_THRESHOLD``: "threshold" mode drops pixels below it (or
+            below ``class_thresholds``); a class whose probability stays below
+            ``1 - conf_threshold`` on every pixel is absent.
+        class_thresholds: ``[C]`` class-balanced thresholds used in place of
+            ``conf_threshold`` for the targets, or None.
+    """
+
+    weak: torch.Tensor
+    strong: torch.Tensor
+    strong_mixed: torch.Tensor
+    labels: torch.Tensor
+    conf: torch.Tensor
+    ignore: torch.Tensor
+    cutmix: torch.Tensor
+    targets: torch.Tensor
+    weights: Optional[torch.Tensor]
+    absent: torch.Tensor
+    conf_threshold: float
+    class_thresholds: Optional[torch.Tensor] = None
+
+
+def prediction_entropy(outputs: Dict) -> torch.Tensor:
+    """Mean per-pixel entropy of the normalised class distribution ``S(c, x)`` of decoder
+    outputs (``pred_logits``, ``pred_masks``, ``keep``; ``semantic_map`` over the kept rows)."""
+    sem = semantic_map(outputs, outputs["keep"])
+    probs = sem / sem.sum(1, keepdim=True).clamp(min=1e-6)
+    return -(probs * probs.clamp(min=1e-8).log()).sum(1).mean()
+
+
 class SemiSupervisedObjective(nn.Module):
     """Student loss of one step: supervised + weighted unsupervised, in one ``forward``.
 
     Wrapping the student in this module (and this module in DDP) keeps one forward per
-    backward, which DDP requires, although the student runs on two batches.
+    backward, which DDP requires, although the student runs on two batches. The unlabelled
+    objective lives here: the student's losses on the mixed strong views against their
+    pseudo-labels (confidence weights, ruled-out classes: :class:`UnlabeledBatch`), with
+    feature dropout, plus entropy minimisation of its predictions.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, entropy_weight: float = 0.0, feature_dropout=0.0):
         """
         Args:
-            model: the student META_ARCH (training forward returns a dict of losses).
+            model: the student META_ARCH: ``model(labelled dicts)`` returns a dict of losses,
+                ``model.losses(images, targets, labeled=False, weights=, absent=,
+                feature_dropout=, return_attn=)`` returns the losses and the decoder outputs
+                of pseudo-labelled images (:meth:`hiervl.hiervl_model.HierVL.losses`).
+            entropy_weight: weight of the mean entropy of the strong views' predictions
+                (``SEMI.ENTROPY_WEIGHT``; 0 = off).
+            feature_dropout: channel-dropout probability on the student's encoder features of
+                the strong views (``SEMI.FEATURE_DROPOUT``; 0 = none).
         """
         super().__init__()
+        if not 0.0 <= feature_dropout < 1.0:
+            raise ValueError(f"SEMI.FEATURE_DROPOUT must be in [0, 1), got {feature_dropout}")
         self.model = model
+        self.entropy_weight = entropy_weight
+        self.feature_dropout = feature_dropout
 
     def forward(
         self,
         labeled: List[dict],
-        unlabeled: Optional[List[dict]] = None,
+        unlabeled: Optional[UnlabeledBatch] = None,
         unsup_weight: float = 1.0,
-        views: Optional[Dict[str, List[dict]]] = None,
+        views: Optional[Dict[str, torch.Tensor]] = None,
     ) -> Dict[str, torch.Tensor]:
         """
         Args:
             labeled: mapped labelled dicts (``image``, ``sem_seg``).
-            unlabeled: strong views with pseudo-labels (``labeled=False``), or None.
+            unlabeled: the step's pseudo-labelled strong views, or None.
             unsup_weight: factor of every unlabelled loss term.
             views: extra views for subclasses (HVLFormer); unused here.
 
@@ -164,10 +232,35 @@ class SemiSupervisedObjective(nn.Module):
             loss dict; unlabelled terms are suffixed ``_unsup``.
         """
         losses = dict(self.model(labeled))
-        if unlabeled:
-            for name, value in self.model(unlabeled).items():
-                losses[f"{name}_unsup"] = value * unsup_weight
+        if unlabeled is not None:
+            for name, value in self.unlabeled_losses(unlabeled, views).items():
+                losses[name] = value * unsup_weight
         return losses
+
+    def unlabeled_losses(
+        self, batch: UnlabeledBatch, views: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Dict[str, torch.Tensor]:
+        """The unlabelled terms (before ``unsup_weight``), named ``<term>_unsup``."""
+        losses, _ = self.strong_view_losses(batch)
+        return {f"{name}_unsup": value for name, value in losses.items()}
+
+    def strong_view_losses(
+        self, batch: UnlabeledBatch, return_attn: bool = False
+    ) -> Tuple[Dict[str, torch.Tensor], Dict]:
+        """The student's losses on the mixed strong views (``loss_entropy`` included) and its
+        outputs (with CMSAM's attention when ``return_attn``)."""
+        losses, outputs = self.model.losses(
+            batch.strong_mixed,
+            batch.targets,
+            labeled=False,
+            weights=batch.weights,
+            absent=batch.absent,
+            feature_dropout=self.feature_dropout,
+            return_attn=return_attn,
+        )
+        if self.entropy_weight > 0:
+            losses["loss_entropy"] = self.entropy_weight * prediction_entropy(outputs)
+        return losses, outputs
 
 
 class SemiSupervisedStep(SimpleTrainer):
@@ -193,7 +286,6 @@ class SemiSupervisedStep(SimpleTrainer):
         unsup_start_iter: int,
         unsup_rampup_iters: int = 0,
         teacher_flip: bool = False,
-        feature_dropout: float = 0.0,
         cutmix_prob: float,
         amp_dtype: Optional[torch.dtype],
         clip_gradients: Optional[Dict],
@@ -219,8 +311,6 @@ class SemiSupervisedStep(SimpleTrainer):
             unsup_rampup_iters: iterations over which that weight rises from 0 (Gaussian
                 ramp-up ``exp(-5 (1 - x)^2)`` from ``unsup_start_iter``; 0 = at once).
             teacher_flip: average the teacher's predictions on the weak view and its mirror.
-            feature_dropout: channel-dropout probability on the student's encoder features of
-                the strong views (``feature_dropout`` of their input dicts; 0 = none).
             cutmix_prob: probability of a CutMix box per unlabelled image.
             amp_dtype: autocast dtype, or None for full precision.
             clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
@@ -246,9 +336,6 @@ class SemiSupervisedStep(SimpleTrainer):
         self.unsup_start_iter = unsup_start_iter
         self.unsup_rampup_iters = unsup_rampup_iters
         self.teacher_flip = teacher_flip
-        if not 0.0 <= feature_dropout < 1.0:
-            raise ValueError(f"SEMI.FEATURE_DROPOUT must be in [0, 1), got {feature_dropout}")
-        self.feature_dropout = feature_dropout
         self.cutmix_prob = cutmix_prob
         self.amp_dtype = amp_dtype
         self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -308,7 +395,7 @@ class SemiSupervisedStep(SimpleTrainer):
 
     def prepare_unlabeled(
         self, batch: List[dict], mix_batch: Optional[List[dict]] = None
-    ) -> Dict[str, torch.Tensor]:
+    ) -> UnlabeledBatch:
         """Pseudo-labelled, CutMix'ed strong views of an unlabelled batch (steps 2-4).
 
         Args:
@@ -318,12 +405,8 @@ class SemiSupervisedStep(SimpleTrainer):
                 CutMix box from image ``i`` of ``mix_batch``; None = no CutMix.
 
         Returns:
-            dict of ``[B, ...]`` tensors: ``weak`` / ``strong`` (un-mixed) and ``strong_mixed``
-            uint8 ``[B, 3, H, W]``; ``labels`` long, ``conf`` float and ``ignore`` bool
-            ``[B, H, W]`` of the weak views (un-mixed); ``cutmix`` bool ``[B, H, W]`` (True =
-            from the mix partner); the mixed targets ``targets`` long and ``weights`` float
-            ``[B, H, W]`` (None in "threshold" mode); ``absent`` bool ``[B, C]``, the classes
-            each mixed image rules out.
+            the strong views, their pseudo-labels and what they were made from
+            (:class:`UnlabeledBatch`).
         """
         n = len(batch)
         if mix_batch is not None and len(mix_batch) != n:
@@ -372,66 +455,29 @@ class SemiSupervisedStep(SimpleTrainer):
         absent = peak < 1.0 - self.conf_threshold
         for i in range(n):
             absent[i, targets[i][(targets[i] >= 0) & (targets[i] < absent.shape[1])]] = False
-        return {
-            "weak": weak[:n],
-            "strong": strong[:n],
-            "strong_mixed": cutmix(strong[:n], strong[mix_index], masks),
-            "labels": labels[:n],
-            "conf": conf[:n],
-            "ignore": ignore[:n],
-            "cutmix": masks,
-            "targets": targets,
-            "weights": weights,
-            "absent": absent,
-        }
-
-    @staticmethod
-    def student_inputs(
-        batch: List[dict],
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        weights: Optional[torch.Tensor],
-        feature_dropout: float = 0.0,
-        absent: Optional[torch.Tensor] = None,
-    ) -> List[dict]:
-        """Unlabelled training dicts (``labeled=False``) of images ``[B, 3, H, W]`` uint8 and
-        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given,
-        ``feature_dropout`` when positive, and ``absent_classes`` from ``absent [B, C]``)."""
-        inputs = []
-        for i, d in enumerate(batch):
-            item = {"image": images[i], "sem_seg": targets[i], "labeled": False}
-            if feature_dropout > 0:
-                item["feature_dropout"] = feature_dropout
-            if absent is not None:
-                item["absent_classes"] = absent[i]
-            item.update({k: d[k] for k in ("height", "width", "file_name") if k in d})
-            if weights is not None:
-                item["sem_seg_weight"] = weights[i]
-            inputs.append(item)
-        return inputs
-
-    def strong_inputs(self, batch: List[dict], prep: Dict[str, torch.Tensor]) -> List[dict]:
-        """The student's unlabelled inputs of a step: the mixed strong views of
-        :meth:`prepare_unlabeled` with their targets and ruled-out classes, feature-perturbed
-        with ``SEMI.FEATURE_DROPOUT``."""
-        return self.student_inputs(
-            batch,
-            prep["strong_mixed"],
-            prep["targets"],
-            prep["weights"],
-            self.feature_dropout,
-            prep["absent"],
+        return UnlabeledBatch(
+            weak=weak[:n],
+            strong=strong[:n],
+            strong_mixed=cutmix(strong[:n], strong[mix_index], masks),
+            labels=labels[:n],
+            conf=conf[:n],
+            ignore=ignore[:n],
+            cutmix=masks,
+            targets=targets,
+            weights=weights,
+            absent=absent,
+            conf_threshold=self.conf_threshold,
+            class_thresholds=threshold if torch.is_tensor(threshold) else None,
         )
 
-    def pseudo_label_stats(self, prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
+    def pseudo_label_stats(self, batch: UnlabeledBatch) -> Dict[str, float]:
         """Scalars of the step's pseudo-labels (and the unlabelled losses' weight)."""
-        valid = ~prep["ignore"]
-        conf = prep["conf"]
+        valid = ~batch.ignore
         return {
-            "semi/pseudo_conf_mean": float(conf[valid].mean()) if valid.any() else 0.0,
-            "semi/pseudo_kept_ratio": float((prep["targets"] != 255).float().mean()),
-            "semi/cutmix_ratio": float(prep["cutmix"].float().mean()),
-            "semi/absent_class_ratio": float(prep["absent"].float().mean()),
+            "semi/pseudo_conf_mean": float(batch.conf[valid].mean()) if valid.any() else 0.0,
+            "semi/pseudo_kept_ratio": float((batch.targets != 255).float().mean()),
+            "semi/cutmix_ratio": float(batch.cutmix.float().mean()),
+            "semi/absent_class_ratio": float(batch.absent.float().mean()),
             "semi/unsup_weight": self.current_unsup_weight(),
         }
 
@@ -445,9 +491,8 @@ class SemiSupervisedStep(SimpleTrainer):
         CutMix)."""
         unlabeled, stats = (None, {})
         if unlabeled_batch is not None:
-            prep = self.prepare_unlabeled(unlabeled_batch, mix_batch)
-            unlabeled = self.strong_inputs(unlabeled_batch, prep)
-            stats = self.pseudo_label_stats(prep)
+            unlabeled = self.prepare_unlabeled(unlabeled_batch, mix_batch)
+            stats = self.pseudo_label_stats(unlabeled)
         with self.autocast():
             loss_dict = self.model(labeled, unlabeled, self.current_unsup_weight())
         return loss_dict, stats
@@ -618,8 +663,16 @@ class HierVLTrainer(DefaultTrainer):
         )
 
     @classmethod
+    def objective_kwargs(cls, cfg: CfgNode) -> Dict:
+        """Keyword arguments of :attr:`objective_class` read from ``cfg``."""
+        return {
+            "entropy_weight": cfg.SEMI.ENTROPY_WEIGHT,
+            "feature_dropout": cfg.SEMI.FEATURE_DROPOUT,
+        }
+
+    @classmethod
     def build_objective(cls, cfg: CfgNode, student: nn.Module) -> nn.Module:
-        return cls.objective_class(student)
+        return cls.objective_class(student, **cls.objective_kwargs(cfg))
 
     @classmethod
     def class_prior(cls, cfg: CfgNode) -> torch.Tensor:
@@ -661,7 +714,6 @@ class HierVLTrainer(DefaultTrainer):
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
             "unsup_rampup_iters": cfg.SEMI.UNSUP_RAMPUP_ITERS,
             "teacher_flip": cfg.SEMI.TEACHER_FLIP,
-            "feature_dropout": cfg.SEMI.FEATURE_DROPOUT,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
             "amp_dtype": amp_dtype,
             "clip_gradients": (

@@ -25,6 +25,8 @@ def test_hiervl_semi_step(tmp_path):
     latest = trainer.storage.latest()
     unsup = [k for k in latest if k.endswith("_unsup")]
     assert unsup and "loss_ce" in latest
+    # entropy minimisation is an unlabelled term of the engine's objective, not of the model
+    assert "loss_entropy_unsup" in latest and "loss_entropy" not in latest
     assert all(math.isfinite(v[0]) for k, v in latest.items() if k.startswith("loss"))
     assert latest["semi/pseudo_kept_ratio"][0] > 0.5
     names = {g["name"]: g for g in trainer.optimizer.param_groups}
