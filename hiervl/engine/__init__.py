@@ -16,14 +16,9 @@ from .semi import (
     pseudo_labels_from_probs,
     sample_cutmix_masks,
 )
-from .trainer import (
-    HierVLTrainer,
-    SemiSupervisedObjective,
-    SemiSupervisedStep,
-    UnlabeledBatch,
-    prediction_entropy,
-    stack_views,
-)
+from .objective import SemiSupervisedObjective, UnlabeledBatch, prediction_entropy
+from .semi_step import SemiSupervisedStep, stack_views
+from .trainer import HierVLTrainer
 
 __all__ = [
     "AtomicCheckpointer",
