@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from detectron2.engine import SimpleTrainer
+from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch import nn
@@ -87,8 +87,13 @@ def stack_views(
     return out, padded
 
 
-class SemiSupervisedStep(SimpleTrainer):
-    """The inner trainer of :class:`HierVLTrainer`: the step described in the module docstring."""
+class SemiSupervisedStep(AMPTrainer):
+    """The inner trainer of :class:`HierVLTrainer`: the step described in the module docstring.
+
+    detectron2's ``AMPTrainer`` gives the autocast dtype (``precision``), the ``GradScaler``
+    (disabled unless fp16: its ``scale`` / ``step`` then pass through) and their checkpoint
+    entry; ``run_step`` is ours (``AMPTrainer``'s needs CUDA and one data stream).
+    """
 
     def __init__(
         self,
@@ -111,7 +116,7 @@ class SemiSupervisedStep(SimpleTrainer):
         unsup_rampup_iters: int = 0,
         teacher_flip: bool = False,
         cutmix_prob: float,
-        amp_dtype: Optional[torch.dtype],
+        precision: Optional[torch.dtype],
         clip_gradients: Optional[Dict],
         mix_loader: Optional[ResumableLoader] = None,
     ):
@@ -136,18 +141,25 @@ class SemiSupervisedStep(SimpleTrainer):
                 ramp-up ``exp(-5 (1 - x)^2)`` from ``unsup_start_iter``; 0 = at once).
             teacher_flip: average the teacher's predictions on the weak view and its mirror.
             cutmix_prob: probability of a CutMix box per unlabelled image.
-            amp_dtype: autocast dtype, or None for full precision.
+            precision: autocast dtype (``torch.bfloat16`` / ``torch.float16``, the latter
+                with loss scaling), or None for full precision.
             clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
             mix_loader: the second unlabelled stream whose batches give the CutMix boxes
                 (None: no CutMix).
         """
-        super().__init__(objective, labeled_loader, optimizer)
+        device = next(student.parameters()).device
+        super().__init__(
+            objective,
+            labeled_loader,
+            optimizer,
+            grad_scaler=torch.amp.GradScaler(device.type, enabled=precision == torch.float16),
+            precision=precision or torch.float32,
+        )
         self.student = student
         self.teacher = teacher
         self.labeled_loader = labeled_loader
         self.unlabeled_loader = unlabeled_loader
         self.mix_loader = mix_loader
-        device = next(student.parameters()).device
         self.device = device
         self.pixel_mean = torch.tensor(pixel_mean, device=device).view(-1, 1, 1)
         self.pixel_std = torch.tensor(pixel_std, device=device).view(-1, 1, 1)
@@ -161,16 +173,13 @@ class SemiSupervisedStep(SimpleTrainer):
         self.unsup_rampup_iters = unsup_rampup_iters
         self.teacher_flip = teacher_flip
         self.cutmix_prob = cutmix_prob
-        self.amp_dtype = amp_dtype
-        self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
         self.clip_gradients = clip_gradients
 
     # ---- pieces of the step, overridable by projects -----------------------------------
     def autocast(self):
+        """Autocast to ``precision`` on the step's device (off at float32)."""
         return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
+            self.device.type, dtype=self.precision, enabled=self.precision != torch.float32
         )
 
     def semi_active(self) -> bool:
@@ -354,35 +363,25 @@ class SemiSupervisedStep(SimpleTrainer):
         self.check_finite(loss_dict)
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad(set_to_none=True)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-        else:
-            losses.backward()
+        self.grad_scaler.scale(losses).backward()
         self.after_backward()
         self._write_metrics(loss_dict, data_time)
         if stats:
             get_event_storage().put_scalars(**stats)
-        if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
+        self.grad_scaler.unscale_(self.optimizer)
         if self.clip_gradients is not None:
             clip_gradients(
                 [p for g in self.optimizer.param_groups for p in g["params"]], **self.clip_gradients
             )
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
+        self.grad_scaler.step(self.optimizer)
+        self.grad_scaler.update()
         if self.teacher is not None:
             ema_update(self.teacher, self.student, ema_momentum(self.iter, self.ema_momentum))
 
-    def state_dict(self):
-        ret = super().state_dict()
-        if self.grad_scaler is not None:
-            ret["grad_scaler"] = self.grad_scaler.state_dict()
-        return ret
-
     def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if self.grad_scaler is not None and "grad_scaler" in state_dict:
-            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
+        # A run without fp16 saves an empty scaler state, and checkpoints written before the
+        # step was an AMPTrainer have none: the scaler then starts afresh.
+        if state_dict.get("grad_scaler"):
+            super().load_state_dict(state_dict)
+        else:
+            SimpleTrainer.load_state_dict(self, state_dict)

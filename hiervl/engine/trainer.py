@@ -16,11 +16,10 @@ from typing import Dict, Optional
 import torch
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
@@ -40,7 +39,7 @@ from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer
 from .semi import class_pixel_prior
 from .semi_step import SemiSupervisedStep
 
-__all__ = ["BACKBONE_MODULES", "HierVLTrainer", "wrap_ddp"]
+__all__ = ["BACKBONE_MODULES", "HierVLTrainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,18 +50,6 @@ logger = logging.getLogger(__name__)
 BACKBONE_MODULES = ("image_encoder.visual",)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def wrap_ddp(module: nn.Module) -> nn.Module:
-    """``DistributedDataParallel`` when several processes run (CUDA: this rank's device; CPU:
-    gloo, no device ids — detectron2's ``create_ddp_model`` always passes device ids), else the
-    module itself. Buffers are not broadcast; parameters unused by a step are allowed."""
-    if comm.get_world_size() == 1:
-        return module
-    kwargs = {"broadcast_buffers": False, "find_unused_parameters": True}
-    if next(module.parameters()).is_cuda:
-        kwargs["device_ids"] = [comm.get_local_rank()]
-    return DistributedDataParallel(module, **kwargs)
 
 
 class HierVLTrainer(DefaultTrainer):
@@ -99,7 +86,14 @@ class HierVLTrainer(DefaultTrainer):
         mix_loader = self.build_unlabeled_loader(cfg, seed=seed + 2) if mix else None
         self.student = student
         self.teacher = build_teacher(student) if semi else None
-        objective = wrap_ddp(self.build_objective(cfg, student))
+        # DDP wraps the objective, which runs the student on both batches in one forward.
+        # CPU processes (gloo) take no device ids; CUDA: this rank's (create_ddp_model's).
+        objective = create_ddp_model(
+            self.build_objective(cfg, student),
+            broadcast_buffers=False,
+            find_unused_parameters=True,
+            **({} if next(student.parameters()).is_cuda else {"device_ids": None}),
+        )
         self._trainer = self.build_step(
             cfg,
             objective,
@@ -216,7 +210,7 @@ class HierVLTrainer(DefaultTrainer):
             "unsup_rampup_iters": cfg.SEMI.UNSUP_RAMPUP_ITERS,
             "teacher_flip": cfg.SEMI.TEACHER_FLIP,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
-            "amp_dtype": amp_dtype,
+            "precision": amp_dtype,
             "clip_gradients": (
                 {
                     "clip_type": clip.CLIP_TYPE,

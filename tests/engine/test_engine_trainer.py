@@ -283,6 +283,30 @@ def test_bf16_autocast_step(tmp_path):
     cfg.SOLVER.AMP.ENABLED = True
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
     trainer = _train(cfg)
-    assert trainer._trainer.grad_scaler is None  # bf16 needs no loss scaling
+    assert not trainer._trainer.grad_scaler.is_enabled()  # bf16 needs no loss scaling
+    assert trainer._trainer.precision == torch.bfloat16
     latest = trainer.storage.latest()
     assert torch.isfinite(torch.tensor(latest["loss_ce_unsup"][0]))
+
+
+def test_fp16_autocast_step_scales_the_loss_and_saves_the_scaler(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=2)
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.DTYPE = "float16"
+    trainer = _train(cfg)
+    assert trainer._trainer.grad_scaler.is_enabled()
+    assert torch.isfinite(torch.tensor(trainer.storage.latest()["loss_ce_unsup"][0]))
+    saved = torch.load(tmp_path / "out" / "model_final.pth", weights_only=False)
+    assert saved["trainer"]["_trainer"]["grad_scaler"]["scale"] > 1
+
+
+def test_step_resumes_a_trainer_state_without_a_grad_scaler(tmp_path):
+    """Runs without fp16 save an empty scaler state, and checkpoints written before the step
+    was detectron2's AMPTrainer have none (AMPTrainer's own load needs it): both resume."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    step = _train(cfg)._trainer
+    state = step.state_dict()
+    assert state["grad_scaler"] == {}
+    del state["grad_scaler"]
+    step.load_state_dict(state)
+    assert step.iter == state["iteration"]
