@@ -8,7 +8,7 @@ from .optim import (
     build_hiervl_optimizer,
     build_param_groups,
     build_poly_lr_scheduler,
-    clip_gradients,
+    optimizer_with_clipping,
 )
 from .semi import (
     cutmix,
@@ -36,7 +36,7 @@ __all__ = [
     "build_poly_lr_scheduler",
     "build_resumable_loader",
     "build_teacher",
-    "clip_gradients",
+    "optimizer_with_clipping",
     "cutmix",
     "ema_momentum",
     "ema_update",

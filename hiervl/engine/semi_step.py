@@ -46,7 +46,6 @@ from hiervl.utils.comm import all_reduce_mean
 from .data import ResumableLoader
 from .ema import ema_momentum, ema_update
 from .objective import UnlabeledBatch
-from .optim import clip_gradients
 from .semi import (
     align_distribution,
     class_balanced_thresholds,
@@ -117,7 +116,6 @@ class SemiSupervisedStep(AMPTrainer):
         teacher_flip: bool = False,
         cutmix_prob: float,
         precision: Optional[torch.dtype],
-        clip_gradients: Optional[Dict],
         mix_loader: Optional[ResumableLoader] = None,
     ):
         """
@@ -143,7 +141,6 @@ class SemiSupervisedStep(AMPTrainer):
             cutmix_prob: probability of a CutMix box per unlabelled image.
             precision: autocast dtype (``torch.bfloat16`` / ``torch.float16``, the latter
                 with loss scaling), or None for full precision.
-            clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
             mix_loader: the second unlabelled stream whose batches give the CutMix boxes
                 (None: no CutMix).
         """
@@ -173,7 +170,6 @@ class SemiSupervisedStep(AMPTrainer):
         self.unsup_rampup_iters = unsup_rampup_iters
         self.teacher_flip = teacher_flip
         self.cutmix_prob = cutmix_prob
-        self.clip_gradients = clip_gradients
 
     # ---- pieces of the step, overridable by projects -----------------------------------
     def autocast(self):
@@ -368,11 +364,7 @@ class SemiSupervisedStep(AMPTrainer):
         self._write_metrics(loss_dict, data_time)
         if stats:
             get_event_storage().put_scalars(**stats)
-        self.grad_scaler.unscale_(self.optimizer)
-        if self.clip_gradients is not None:
-            clip_gradients(
-                [p for g in self.optimizer.param_groups for p in g["params"]], **self.clip_gradients
-            )
+        # unscales the gradients, then the optimiser clips them (SOLVER.CLIP_GRADIENTS) and steps
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
         if self.teacher is not None:

@@ -39,15 +39,10 @@ from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer
 from .semi import class_pixel_prior
 from .semi_step import SemiSupervisedStep
 
-__all__ = ["BACKBONE_MODULES", "HierVLTrainer"]
+__all__ = ["HierVLTrainer"]
 
 logger = logging.getLogger(__name__)
 
-
-# Modules of the HierVL META_ARCH whose parameters get BACKBONE_MULTIPLIER: the pretrained CLIP
-# visual tower only. Every other trainable parameter, the feature pyramid added inside the image
-# encoder included, gets SOLVER.HEAD_MULTIPLIER (build_param_groups).
-BACKBONE_MODULES = ("image_encoder.visual",)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -125,7 +120,7 @@ class HierVLTrainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-        return build_hiervl_optimizer(cfg, model, backbone_prefixes=BACKBONE_MODULES)
+        return build_hiervl_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
@@ -191,7 +186,6 @@ class HierVLTrainer(DefaultTrainer):
     @classmethod
     def step_kwargs(cls, cfg: CfgNode) -> Dict:
         """Keyword arguments of :attr:`step_class` read from ``cfg``."""
-        clip = cfg.SOLVER.CLIP_GRADIENTS
         amp_dtype = None
         if cfg.SOLVER.AMP.ENABLED:
             if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
@@ -211,15 +205,6 @@ class HierVLTrainer(DefaultTrainer):
             "teacher_flip": cfg.SEMI.TEACHER_FLIP,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
             "precision": amp_dtype,
-            "clip_gradients": (
-                {
-                    "clip_type": clip.CLIP_TYPE,
-                    "clip_value": clip.CLIP_VALUE,
-                    "norm_type": clip.NORM_TYPE,
-                }
-                if clip.ENABLED
-                else None
-            ),
         }
 
     @classmethod
