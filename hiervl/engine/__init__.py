@@ -1,6 +1,6 @@
 """Semi-supervised training: trainer, EMA teacher, pseudo-labels, CutMix, optimiser, checkpoints."""
 
-from .checkpoint import AtomicCheckpointer, RNGStateHook
+from .hooks import FiniteWeightsHook, RNGStateHook
 from .data import ResumableLoader, StreamDataset, StreamSampler, build_resumable_loader
 from .ema import build_teacher, ema_momentum, ema_update
 from .optim import (
@@ -21,7 +21,7 @@ from .semi_step import SemiSupervisedStep, stack_views
 from .trainer import HierVLTrainer
 
 __all__ = [
-    "AtomicCheckpointer",
+    "FiniteWeightsHook",
     "HierVLTrainer",
     "RNGStateHook",
     "ResumableLoader",

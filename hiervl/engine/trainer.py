@@ -23,19 +23,14 @@ from torch import nn
 
 from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
+from hiervl.utils.checkpoint import TEACHER_CHECKPOINT_KEY, AtomicCheckpointer, ModuleState
 
-from .checkpoint import (
-    AtomicCheckpointer,
-    FiniteWeightsHook,
-    ModuleState,
-    RNGStateHook,
-    claim_output_dir,
-    release_output_dir,
-)
 from .data import ResumableLoader, build_resumable_loader
 from .ema import build_teacher
+from .hooks import FiniteWeightsHook, RNGStateHook
 from .objective import SemiSupervisedObjective
 from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer
+from .output_dir import claim_output_dir, release_output_dir
 from .semi import class_pixel_prior
 from .semi_step import SemiSupervisedStep
 
@@ -103,7 +98,7 @@ class HierVLTrainer(DefaultTrainer):
         checkpointables = {"trainer": weakref.proxy(self), "data_labeled": labeled_loader}
         if semi:
             self._teacher_state = ModuleState(self.teacher)
-            checkpointables["teacher"] = self._teacher_state
+            checkpointables[TEACHER_CHECKPOINT_KEY] = self._teacher_state
             checkpointables["data_unlabeled"] = unlabeled_loader
         if mix_loader is not None:
             checkpointables["data_unlabeled_mix"] = mix_loader
@@ -259,7 +254,7 @@ class HierVLTrainer(DefaultTrainer):
         """Resume from ``OUTPUT_DIR``'s last checkpoint (all states), or load ``MODEL.WEIGHTS``
         into the student; the teacher starts as a copy of the student unless resumed.
 
-        First ``OUTPUT_DIR`` is claimed (:func:`~hiervl.engine.checkpoint.claim_output_dir`):
+        First ``OUTPUT_DIR`` is claimed (:func:`~hiervl.engine.output_dir.claim_output_dir`):
         locked for this run, cleaned of dead runs' temporary files, and refused when it holds
         another run's checkpoints that this run would overwrite (``SOLVER.OVERWRITE_OUTPUT_DIR``
         allows it). The checkpoint must fit the model whole; ``MODEL.WEIGHTS_ALLOW_PARTIAL``
