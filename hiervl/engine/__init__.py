@@ -1,7 +1,7 @@
 """Semi-supervised training: trainer, EMA teacher, pseudo-labels, CutMix, optimiser, checkpoints."""
 
 from .hooks import FiniteWeightsHook, RNGStateHook
-from .data import ResumableLoader, StreamDataset, StreamSampler, build_resumable_loader
+from .loaders import ResumableLoader, StreamDataset, StreamSampler, build_resumable_loader
 from .ema import build_teacher, ema_momentum, ema_update
 from .optim import (
     build_hiervl_lr_scheduler,

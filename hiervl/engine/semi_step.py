@@ -43,7 +43,7 @@ from torch import nn
 
 from hiervl.utils.comm import all_reduce_mean
 
-from .data import ResumableLoader
+from .loaders import ResumableLoader
 from .ema import ema_momentum, ema_update
 from .objective import UnlabeledBatch
 from .semi import (

@@ -1,7 +1,7 @@
 """``HierVLTrainer``: detectron2's ``DefaultTrainer`` wired to the semi-supervised step.
 
 What it builds from the config: the student and its EMA teacher, the labelled, unlabelled and
-CutMix mix streams (:mod:`hiervl.engine.data`), the objective
+CutMix mix streams (:mod:`hiervl.engine.loaders`), the objective
 (:class:`~hiervl.engine.objective.SemiSupervisedObjective`, DDP-wrapped) and the step
 (:class:`~hiervl.engine.semi_step.SemiSupervisedStep`), optimiser groups and the poly
 schedule, checkpoints holding the teacher and every stream's position, hooks, evaluation.
@@ -25,7 +25,7 @@ from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
 from hiervl.utils.checkpoint import TEACHER_CHECKPOINT_KEY, AtomicCheckpointer, ModuleState
 
-from .data import ResumableLoader, build_resumable_loader
+from .loaders import ResumableLoader, build_resumable_loader
 from .ema import build_teacher
 from .hooks import FiniteWeightsHook, RNGStateHook
 from .objective import SemiSupervisedObjective
