@@ -183,7 +183,8 @@ def add_hiervl_config(cfg: CN) -> None:
     semi.ENABLED = True
     # Registered unlabelled splits.
     semi.UNLABELED_DATASETS = ()
-    # Global unlabelled batch (labelled batch is SOLVER.IMS_PER_BATCH).
+    # Global unlabelled batch (labelled batch is SOLVER.IMS_PER_BATCH; both are scaled with
+    # SOLVER.REFERENCE_WORLD_SIZE, as the unlabelled losses' start and ramp-up iterations).
     semi.IMS_PER_BATCH_UNLABELED = 8
     # EMA teacher momentum cap m in min(1 - 1/(t+1), m).
     semi.EMA_MOMENTUM = 0.996

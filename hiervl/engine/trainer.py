@@ -59,7 +59,7 @@ class HierVLTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         student = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, student)
@@ -108,6 +108,41 @@ class HierVLTrainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     # ---- builders ------------------------------------------------------------------------
+    @staticmethod
+    def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
+        """detectron2's scaling to ``num_workers`` processes of a config written for
+        ``SOLVER.REFERENCE_WORLD_SIZE`` (0 = off), which keeps the per-process batch: the
+        labelled batch and ``BASE_LR`` × scale, iterations and periods ÷ scale; and the same
+        for the unlabelled stream: ``SEMI.IMS_PER_BATCH_UNLABELED`` × scale, the start and the
+        ramp-up of the unlabelled losses (``SEMI.UNSUP_START_ITER``,
+        ``SEMI.UNSUP_RAMPUP_ITERS``) ÷ scale, as ``SOLVER.WARMUP_ITERS``."""
+        reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+        scaled = DefaultTrainer.auto_scale_workers(cfg, num_workers)
+        if scaled is cfg:
+            return cfg
+        if cfg.SEMI.IMS_PER_BATCH_UNLABELED % reference != 0:
+            raise ValueError(
+                f"SEMI.IMS_PER_BATCH_UNLABELED {cfg.SEMI.IMS_PER_BATCH_UNLABELED} is not "
+                f"divisible by SOLVER.REFERENCE_WORLD_SIZE {reference}"
+            )
+        scale = num_workers / reference
+        frozen = scaled.is_frozen()
+        scaled.defrost()
+        semi = scaled.SEMI
+        semi.IMS_PER_BATCH_UNLABELED = int(round(semi.IMS_PER_BATCH_UNLABELED * scale))
+        semi.UNSUP_START_ITER = int(round(semi.UNSUP_START_ITER / scale))
+        semi.UNSUP_RAMPUP_ITERS = int(round(semi.UNSUP_RAMPUP_ITERS / scale))
+        logger.info(
+            "Auto-scaling the unlabelled stream to batch_size=%d, unlabelled losses from "
+            "iteration %d, ramp-up %d iterations",
+            semi.IMS_PER_BATCH_UNLABELED,
+            semi.UNSUP_START_ITER,
+            semi.UNSUP_RAMPUP_ITERS,
+        )
+        if frozen:
+            scaled.freeze()
+        return scaled
+
     @staticmethod
     def data_seed(cfg: CfgNode) -> int:
         """Seed of the data streams: ``cfg.SEED`` when >= 0, else one shared by all ranks."""

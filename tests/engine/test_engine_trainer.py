@@ -310,3 +310,25 @@ def test_step_resumes_a_trainer_state_without_a_grad_scaler(tmp_path):
     del state["grad_scaler"]
     step.load_state_dict(state)
     assert step.iter == state["iteration"]
+
+
+def test_auto_scale_workers_scales_the_unlabelled_stream_too(tmp_path):
+    """SOLVER.REFERENCE_WORLD_SIZE keeps the per-process batch of both streams: detectron2
+    scales the labelled batch, the learning rate and the iterations; the unlabelled batch and
+    the unlabelled losses' start and ramp-up follow the same factor."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=8)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2
+    cfg.SEMI.UNSUP_START_ITER, cfg.SEMI.UNSUP_RAMPUP_ITERS = 4, 2
+    scaled = HierVLTrainer.auto_scale_workers(cfg, 4)
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SEMI.IMS_PER_BATCH_UNLABELED) == (4, 4)
+    assert (scaled.SOLVER.MAX_ITER, scaled.SEMI.UNSUP_START_ITER) == (4, 2)
+    assert scaled.SEMI.UNSUP_RAMPUP_ITERS == 1
+    assert scaled.SOLVER.BASE_LR == pytest.approx(2 * cfg.SOLVER.BASE_LR)
+    # the trainer applies it: one process of a config written for two
+    trainer = HierVLTrainer(cfg)
+    step = trainer._trainer
+    assert step.labeled_loader.global_batch == step.unlabeled_loader.global_batch == 1
+    assert step.mix_loader.global_batch == 1 and step.unsup_start_iter == 8
+    cfg.SEMI.IMS_PER_BATCH_UNLABELED = 3
+    with pytest.raises(ValueError, match="IMS_PER_BATCH_UNLABELED"):
+        HierVLTrainer.auto_scale_workers(cfg, 4)
