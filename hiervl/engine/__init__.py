@@ -1,8 +1,10 @@
-"""Semi-supervised training: trainer, EMA teacher, pseudo-labels, CutMix, optimiser, checkpoints."""
+"""Semi-supervised training (METHOD §8): the trainer's wiring, the step, the student's objective,
+pseudo-labels and CutMix, EMA teacher, optimiser, resumable loaders, hooks, OUTPUT_DIR."""
 
+from .ema import build_teacher, ema_momentum, ema_update
 from .hooks import FiniteWeightsHook, RNGStateHook
 from .loaders import ResumableLoader, StreamDataset, StreamSampler, build_resumable_loader
-from .ema import build_teacher, ema_momentum, ema_update
+from .objective import SemiSupervisedObjective, UnlabeledBatch, prediction_entropy
 from .optim import (
     build_hiervl_lr_scheduler,
     build_hiervl_optimizer,
@@ -10,13 +12,7 @@ from .optim import (
     build_poly_lr_scheduler,
     optimizer_with_clipping,
 )
-from .semi import (
-    cutmix,
-    finalize_pseudo_labels,
-    pseudo_labels_from_probs,
-    sample_cutmix_masks,
-)
-from .objective import SemiSupervisedObjective, UnlabeledBatch, prediction_entropy
+from .semi import cutmix, finalize_pseudo_labels, pseudo_labels_from_probs, sample_cutmix_masks
 from .semi_step import SemiSupervisedStep, stack_views
 from .trainer import HierVLTrainer
 
@@ -36,11 +32,11 @@ __all__ = [
     "build_poly_lr_scheduler",
     "build_resumable_loader",
     "build_teacher",
-    "optimizer_with_clipping",
     "cutmix",
     "ema_momentum",
     "ema_update",
     "finalize_pseudo_labels",
+    "optimizer_with_clipping",
     "prediction_entropy",
     "pseudo_labels_from_probs",
     "sample_cutmix_masks",

@@ -50,6 +50,13 @@ class HierVLTrainer(DefaultTrainer):
     grad scaler, scheduler and RNG states through hooks), ``data_labeled`` /
     ``data_unlabeled`` / ``data_unlabeled_mix`` (CutMix's mix stream, when ``SEMI.CUTMIX_PROB``
     > 0) (stream seed and position). ``SEMI.ENABLED`` False: supervised only, no teacher.
+
+    ``__init__`` replaces ``DefaultTrainer.__init__``, which builds one loader, wraps the model
+    in DDP and makes its own ``SimpleTrainer`` / ``AMPTrainer`` and ``DetectionCheckpointer``:
+    here the step needs three streams and the teacher, DDP wraps the objective (the student
+    runs on two batches in one forward), and the checkpointer writes atomically and holds the
+    teacher and the streams' positions. The rest of ``DefaultTrainer`` (``train``, hooks,
+    ``test``, ``build_model``, writers, state) is used as it is.
     """
 
     objective_class = SemiSupervisedObjective
