@@ -25,9 +25,11 @@ One step:
        channel dropout on their encoder features) plus ``SEMI.ENTROPY_WEIGHT`` × the entropy
        of its predictions — one forward of :class:`SemiSupervisedObjective` so that DDP sees
        one forward per backward;
-    6. a non-finite loss term stops training with its name; backward (with a GradScaler for
-       fp16 autocast), gradient clipping, optimiser step (an update that leaves a non-finite
-       weight stops training before any checkpoint: ``FiniteWeightsHook``);
+    6. a non-finite loss term stops training with its name; backward (the GradScaler scales
+       the loss with fp16 autocast), optimiser step on the unscaled gradients, which it clips
+       first (``SOLVER.CLIP_GRADIENTS``, :func:`~hiervl.engine.optim.optimizer_with_clipping`);
+       an update that leaves a non-finite weight stops training before any checkpoint
+       (``FiniteWeightsHook``);
     7. EMA update of the teacher (weights and buffers) from the unwrapped student.
 """
 
