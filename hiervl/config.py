@@ -49,9 +49,6 @@ def add_hiervl_config(cfg: CN) -> None:
     clip.IMAGE_SIZE = 512
     # ViT blocks (0-based) whose outputs become the stride 4 / 8 / 16 / 32 pixel features.
     clip.FEATURE_LAYERS = [3, 5, 7, 11]
-    # Learning-rate multiplier of the pretrained CLIP visual tower (not of the layers added to it)
-    # over BASE_LR (VOC 0.01, COCO/ADE 0.001, CS 0.1).
-    clip.BACKBONE_MULTIPLIER = 0.01
     # Number of learnable prompt tokens p_1..p_M put in front of every class name (CoOp style).
     clip.PROMPT_LENGTH = 8
     # Std of the normal init of the prompt tokens.
@@ -155,8 +152,6 @@ def add_hiervl_config(cfg: CN) -> None:
     ls.MASKED_CONSISTENCY_WEIGHT = 1.0
     ls.PIXEL_TEXT_WEIGHT = 0.5
     ls.PIXEL_TEXT_TEMPERATURE = 0.07
-    # Entropy minimisation on unlabelled predictions.
-    ls.ENTROPY_WEIGHT = 0.01
 
     # ---- Inference ----------------------------------------------------------------------
     ts = hv.TEST = CN()
@@ -188,7 +183,8 @@ def add_hiervl_config(cfg: CN) -> None:
     semi.ENABLED = True
     # Registered unlabelled splits.
     semi.UNLABELED_DATASETS = ()
-    # Global unlabelled batch (labelled batch is SOLVER.IMS_PER_BATCH).
+    # Global unlabelled batch (labelled batch is SOLVER.IMS_PER_BATCH; both are scaled with
+    # SOLVER.REFERENCE_WORLD_SIZE, as the unlabelled losses' start and ramp-up iterations).
     semi.IMS_PER_BATCH_UNLABELED = 8
     # EMA teacher momentum cap m in min(1 - 1/(t+1), m).
     semi.EMA_MOMENTUM = 0.996
@@ -214,6 +210,9 @@ def add_hiervl_config(cfg: CN) -> None:
     semi.FEATURE_DROPOUT = 0.0
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
+    # Entropy minimisation on the student's predictions of the strong views: weight of the mean
+    # per-pixel entropy of their class distribution (an unlabelled loss term, times UNSUP_WEIGHT).
+    semi.ENTROPY_WEIGHT = 0.01
     # CutMix between unlabelled images.
     semi.CUTMIX_PROB = 0.5
     # Strong view: colour jitter (probability and strength), grayscale, Gaussian blur.
@@ -252,9 +251,12 @@ def add_hiervl_config(cfg: CN) -> None:
 
     # ---- Solver -------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
+    # Learning-rate multiplier over BASE_LR of the pretrained CLIP visual tower (not of the
+    # layers added to it), as Mask2Former's key (VOC 0.01, COCO/ADE 0.001, CS 0.1).
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.01
     # Learning-rate multiplier over BASE_LR of every trainable parameter that is not pretrained
     # (decoders, the image encoder's feature pyramid, prompts, projections); the pretrained CLIP
-    # tower gets MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER instead.
+    # tower gets SOLVER.BACKBONE_MULTIPLIER instead.
     cfg.SOLVER.HEAD_MULTIPLIER = 10.0
     # No weight decay on embeddings (prompt tokens, queries, position embeddings).
     cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0

@@ -99,7 +99,6 @@ class HierVL(nn.Module):
         masked_consistency_weight: float = 1.0,
         pixel_text_weight: float = 0.5,
         pixel_text_temperature: float = 0.07,
-        entropy_weight: float = 0.01,
         sliding_window: bool = True,
         crop_size: Tuple[int, int] = (512, 512),
         stride: Tuple[int, int] = (256, 256),
@@ -128,7 +127,6 @@ class HierVL(nn.Module):
             topo_weight / anchor_weight: Eq. 3 / Eq. 4 weights (0 = off); anchor_lambda: λ.
             masked_consistency_weight / pixel_text_weight: Eq. 6 / Eq. 7 weights (0 = off).
             pixel_text_temperature: τ of Eq. 7.
-            entropy_weight: entropy minimisation on unlabelled images (0 = off).
             sliding_window: sliding-window inference for images larger than ``crop_size``.
             crop_size / stride: ``(h, w)`` of the inference windows and their step.
             flip / scales: test-time augmentation (horizontal flip, image scales).
@@ -175,7 +173,6 @@ class HierVL(nn.Module):
         self.masked_consistency_weight = masked_consistency_weight
         self.pixel_text_weight = pixel_text_weight
         self.pixel_text_temperature = pixel_text_temperature
-        self.entropy_weight = entropy_weight
         self.sliding_window = sliding_window
         self.crop_size = tuple(int(s) for s in crop_size)
         self.stride = tuple(int(s) for s in stride)
@@ -254,7 +251,6 @@ class HierVL(nn.Module):
             "masked_consistency_weight": loss.MASKED_CONSISTENCY_WEIGHT,
             "pixel_text_weight": loss.PIXEL_TEXT_WEIGHT,
             "pixel_text_temperature": loss.PIXEL_TEXT_TEMPERATURE,
-            "entropy_weight": loss.ENTROPY_WEIGHT,
             "sliding_window": test.SLIDING_WINDOW,
             "crop_size": tuple(test.CROP_SIZE),
             "stride": tuple(test.STRIDE),
@@ -394,7 +390,6 @@ class HierVL(nn.Module):
         images: torch.Tensor,
         text: torch.Tensor,
         presence: Optional[torch.Tensor] = None,
-        labeled: Optional[torch.Tensor] = None,
         feature_dropout: float = 0.0,
         return_attn: bool = False,
     ) -> Tuple[Dict, Optional[Dict], torch.Tensor]:
@@ -403,8 +398,8 @@ class HierVL(nn.Module):
         Args:
             images: ``[B, 3, H, W]``, H and W multiples of ``size_divisibility``.
             text: ``[C, Dt]`` class embeddings.
-            presence: ``[B, C]`` bool ground-truth presence (used on labelled images).
-            labeled: ``[B]`` bool; None = all unlabelled (predicted relevance).
+            presence: ``[B, C]`` bool ground-truth class presence (labelled images): it drives
+                HSQG's queries and gate; None = the predicted relevance does.
             feature_dropout: channel-dropout probability on the encoder's feature maps before
                 the pixel decoder (UniMatch's feature perturbation; the global embedding that
                 HSQG reads is left as it is).
@@ -425,7 +420,7 @@ class HierVL(nn.Module):
         hs = None
         queries = keep = None
         if self.hsqg is not None:
-            hs = self._hsqg(text, features["global"], presence, labeled)
+            hs = self.hsqg(text, features["global"], presence)
             queries, keep = hs["queries"], hs["keep"]
         attn = None
         if return_attn:
@@ -450,63 +445,79 @@ class HierVL(nn.Module):
             outputs["cmsam_attn"] = attn
         return outputs, hs, torch.cat([class_rows, instance_rows])
 
-    def _hsqg(self, text, image_global, presence, labeled) -> Dict[str, torch.Tensor]:
-        """HSQG with ground-truth presence on labelled images, predicted relevance elsewhere."""
-        if labeled is None or not bool(labeled.any()):
-            return self.hsqg(text, image_global, None)
-        if bool(labeled.all()):
-            return self.hsqg(text, image_global, presence)
-        given = self.hsqg(text, image_global, presence)
-        predicted = self.hsqg(text, image_global, None)
-        merged = dict(given)
-        for key in ("queries", "keep"):
-            select = labeled.view(-1, *([1] * (given[key].dim() - 1)))
-            merged[key] = torch.where(select, given[key], predicted[key])
-        return merged
-
     # ---- training ----------------------------------------------------------------------------
-    def forward(self, batched_inputs: List[Dict], return_outputs: bool = False):
-        """
+    def forward(self, batched_inputs: List[Dict]):
+        """detectron2's contract.
+
         Args:
-            batched_inputs: detectron2 dicts. Training: ``image`` uint8 ``[3,H,W]``, ``sem_seg``
-                long ``[H,W]`` (255 ignore), optional ``sem_seg_weight`` float ``[H,W]``,
-                optional ``feature_dropout`` float (the batch's largest is applied to every
-                image's encoder features), optional ``absent_classes`` bool ``[C]`` (unlabelled
-                images: classes their pseudo-label rules out, see ``_absent_classes``),
-                optional ``labeled`` bool (default True; a batch without a labelled image
-                leaves out the image-independent prompt losses, Eq. 3-5, which its labelled
-                batch already counts). Inference: ``image`` and optional
-                ``height`` / ``width`` of the output.
-            return_outputs: training only; also return the decoder outputs (with
-                ``aux_outputs``, per layer, and CMSAM's attention ``cmsam_attn``, see
-                ``_run``) for consistency regularisers.
+            batched_inputs: detectron2 dicts. Training: labelled images, ``image`` uint8
+                ``[3,H,W]`` and ``sem_seg`` long ``[H,W]`` (255 ignore). Inference: ``image``
+                and optional ``height`` / ``width`` of the output.
 
         Returns:
-            training: dict of weighted losses (``(losses, outputs)`` with ``return_outputs``);
+            training: dict of weighted losses (:meth:`losses` with ``labeled=True``);
             inference: ``[{"sem_seg": [C, height, width], "relevance": [C]}]``.
         """
         if not self.training:
             return self.inference(batched_inputs)
-        return self._forward_train(batched_inputs, return_outputs)
-
-    def _forward_train(self, batched_inputs: List[Dict], return_outputs: bool):
-        div = self.size_divisibility
-        images = ImageList.from_tensors(
-            [self._normalize(x["image"]) for x in batched_inputs], div
-        ).tensor
-        labels, weights = [], []
-        for x in batched_inputs:
-            height, width = x["image"].shape[-2:]
-            sem = x.get("sem_seg")
-            if sem is None:
-                sem = torch.full((height, width), self.ignore_value, dtype=torch.long)
-            labels.append(sem.to(self.device).long())
-            weight = x.get("sem_seg_weight")
-            weights.append(
-                torch.ones(height, width, device=self.device)
-                if weight is None
-                else weight.to(self.device).float()
+        images = [x["image"] for x in batched_inputs]
+        labels = [
+            (
+                x["sem_seg"]
+                if "sem_seg" in x
+                else torch.full(x["image"].shape[-2:], self.ignore_value, dtype=torch.long)
             )
+            for x in batched_inputs
+        ]
+        losses, _ = self.losses(images, labels, labeled=True)
+        return losses
+
+    def losses(
+        self,
+        images: Sequence[torch.Tensor],
+        sem_seg: Sequence[torch.Tensor],
+        *,
+        labeled: bool,
+        weights: Optional[Sequence[torch.Tensor]] = None,
+        absent: Optional[torch.Tensor] = None,
+        feature_dropout: float = 0.0,
+        return_attn: bool = False,
+    ) -> Tuple[Dict[str, torch.Tensor], Dict]:
+        """Weighted losses of a batch of labelled images, or of pseudo-labelled ones.
+
+        Args:
+            images: ``B`` uint8 ``[3, H_i, W_i]`` 0-255 RGB (or a ``[B, 3, H, W]`` tensor);
+                normalised, then zero-padded to ``size_divisibility``.
+            sem_seg: ``B`` long ``[H_i, W_i]`` targets, 255 = ignore.
+            labeled: True: ground truth. Its class presence drives HSQG and trains the
+                relevance estimator (BCE), a class without a pixel is absent, and the prompt
+                losses (Eq. 3-5, image-independent) are added. False: pseudo-labels
+                (METHOD §8): predicted relevance, no relevance BCE, no prompt losses (the
+                labelled batch of the step counts them), and only ``absent`` classes are known
+                absent.
+            weights: ``B`` float ``[H_i, W_i]`` per-pixel loss weights (confidence weights of
+                pseudo-labels); None = 1.
+            absent: ``[B, C]`` bool, pseudo-labels only: the classes known absent from each
+                image (a class with target pixels never is); the class loss leaves out the rows
+                whose "no object" target is unknown (``HierVLCriterion``). None: none known.
+            feature_dropout: channel-dropout probability on the encoder's feature maps (see
+                ``_run``).
+            return_attn: put CMSAM's attention ``cmsam_attn`` in the returned outputs.
+
+        Returns:
+            dict of weighted losses, and the decoder outputs (``pred_logits``, ``pred_masks``,
+            ``keep``, ``aux_outputs`` per layer; ``cmsam_attn`` with ``return_attn``) for
+            regularisers on the predictions (entropy, HVLFormer's CMCR).
+        """
+        if labeled and absent is not None:
+            raise ValueError("absent classes are for pseudo-labels: ground truth is complete")
+        div = self.size_divisibility
+        images = ImageList.from_tensors([self._normalize(x) for x in images], div).tensor
+        labels = [sem.to(self.device).long() for sem in sem_seg]
+        if weights is None:
+            weights = [torch.ones(sem.shape[-2:], device=self.device) for sem in labels]
+        else:
+            weights = [w.to(self.device).float() for w in weights]
         labels = ImageList.from_tensors(labels, div, pad_value=self.ignore_value).tensor
         weights = ImageList.from_tensors(weights, div, pad_value=0.0).tensor
         labels = labels[:, : images.shape[-2], : images.shape[-1]]
@@ -515,44 +526,49 @@ class HierVL(nn.Module):
             semantic_targets(sem, self.num_classes, weight=w, ignore_value=self.ignore_value)
             for sem, w in zip(labels, weights)
         ]
-        labeled = torch.tensor(
-            [bool(x.get("labeled", True)) for x in batched_inputs], device=self.device
-        )
         presence = torch.zeros(len(targets), self.num_classes, dtype=torch.bool, device=self.device)
         for b, target in enumerate(targets):
             presence[b, target["labels"]] = True
-        has_pixels = torch.stack([(t["weight"] > 0).any() for t in targets])
 
         text = self.text_embeddings()
-        feature_dropout = max(float(x.get("feature_dropout", 0.0)) for x in batched_inputs)
         outputs, hs, row_classes = self._run(
-            images, text, presence, labeled, feature_dropout, return_attn=return_outputs
+            images,
+            text,
+            presence if labeled else None,
+            feature_dropout,
+            return_attn=return_attn,
         )
+        if not labeled:
+            # a pseudo-label is incomplete: below-threshold pixels may hide any class
+            if absent is None:
+                absent = torch.zeros_like(presence)
+            elif tuple(absent.shape) != tuple(presence.shape):
+                raise ValueError(f"absent must be {list(presence.shape)}, got {list(absent.shape)}")
+            else:
+                absent = absent.to(device=self.device, dtype=torch.bool) & ~presence
         losses = self.criterion(
             outputs,
             targets,
             row_classes=row_classes,
             row_keep=outputs["keep"],
             text_embeds=text,
-            absent=self._absent_classes(batched_inputs, presence, labeled),
+            absent=absent,
         )
         if self.hsqg is not None and self.hsqg.relevance_enabled and self.relevance_weight > 0:
-            use = labeled & has_pixels
-            if bool(use.any()):
-                bce = self.hsqg.relevance_loss(hs["relevance_logits"][use], presence[use])
+            has_pixels = torch.stack([(t["weight"] > 0).any() for t in targets])
+            if labeled and bool(has_pixels.any()):
+                bce = self.hsqg.relevance_loss(
+                    hs["relevance_logits"][has_pixels], presence[has_pixels]
+                )
             else:
                 bce = hs["relevance_logits"].sum() * 0.0
             losses["loss_relevance"] = self.relevance_weight * bce
-        if bool(labeled.any()):
+        if labeled:
             # Eq. 3-5 depend on the prompts only, not on the images: computed with the labelled
             # images, so that a step with a separate unlabelled forward counts them once.
             losses.update(self._prompt_losses(text))
         losses.update(self._vision_language_losses(images, labels, text))
-        if self.entropy_weight > 0:
-            losses["loss_entropy"] = self.entropy_weight * self._entropy(outputs, ~labeled)
-        if return_outputs:
-            return losses, outputs
-        return losses
+        return losses, outputs
 
     def view_outputs(self, images: torch.Tensor) -> Dict:
         """Decoder outputs of unlabelled training views, without any loss (HVLFormer's CMCR
@@ -563,45 +579,13 @@ class HierVL(nn.Module):
                 normalisation, as in training).
 
         Returns:
-            the outputs of ``forward(..., return_outputs=True)`` for these images as unlabelled
-            (predicted relevance): ``pred_logits``, ``pred_masks``, ``keep``, ``aux_outputs``,
-            ``cmsam_attn``.
+            the outputs of :meth:`losses` for these images as unlabelled (predicted
+            relevance, ``return_attn=True``): ``pred_logits``, ``pred_masks``, ``keep``,
+            ``aux_outputs``, ``cmsam_attn``.
         """
         normalized = (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
         outputs, _, _ = self._run(self._pad(normalized), self.text_embeddings(), return_attn=True)
         return outputs
-
-    def _absent_classes(
-        self, batched_inputs: List[Dict], presence: torch.Tensor, labeled: torch.Tensor
-    ) -> Optional[torch.Tensor]:
-        """``[B, C]`` bool classes known to be absent from each image's target, for the
-        criterion's class loss (METHOD §8), or None when every image is labelled.
-
-        Ground truth is complete: a labelled image's absent classes are those without a pixel.
-        A pseudo-label is not: below-threshold pixels may hide any class. An unlabelled image's
-        absent classes are those its ``absent_classes`` input names (the trainer: classes whose
-        teacher probability stays low on every pixel), never a class it has pixels of; without
-        that input none is known absent. Rows of the other classes then take no part in the
-        class loss (``HierVLCriterion``), instead of being taught that their class is missing.
-        """
-        if bool(labeled.all()):
-            return None
-        absent = ~presence
-        for b, x in enumerate(batched_inputs):
-            if bool(labeled[b]):
-                continue
-            given = x.get("absent_classes")
-            if given is None:
-                absent[b] = False
-            else:
-                given = torch.as_tensor(given, dtype=torch.bool, device=presence.device)
-                if given.shape != (self.num_classes,):
-                    raise ValueError(
-                        f"absent_classes must be [{self.num_classes}] bool, got "
-                        f"{tuple(given.shape)}"
-                    )
-                absent[b] = given & ~presence[b]
-        return absent
 
     def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Eq. 3-5 between ``t̂`` and the fixed-template ``t⁰``."""
@@ -659,16 +643,6 @@ class HierVL(nn.Module):
                 ignore_label=self.ignore_value,
             )
         return losses
-
-    def _entropy(self, outputs: Dict, select: torch.Tensor) -> torch.Tensor:
-        """Mean per-pixel entropy of the normalised class distribution on ``select`` images."""
-        if not bool(select.any()):
-            return outputs["pred_logits"].sum() * 0.0
-        sem = semantic_map(
-            {k: outputs[k][select] for k in ("pred_logits", "pred_masks")}, outputs["keep"][select]
-        )
-        probs = sem / sem.sum(1, keepdim=True).clamp(min=1e-6)
-        return -(probs * probs.clamp(min=1e-8).log()).sum(1).mean()
 
     # ---- inference ---------------------------------------------------------------------------
     def _predict(

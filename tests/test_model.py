@@ -25,18 +25,21 @@ def _labels(height, width, seed, num_classes=8):
     return blocks.repeat_interleave(16, 0).repeat_interleave(16, 1)[:height, :width].long()
 
 
-def _inputs(height=64, width=64, labeled=(True, False)):
+def _inputs(height=64, width=64, count=2):
     out = []
-    for i, lab in enumerate(labeled):
+    for i in range(count):
         g = torch.Generator().manual_seed(100 + i)
         out.append(
             {
                 "image": torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=g),
                 "sem_seg": _labels(height, width, i),
-                "labeled": lab,
             }
         )
     return out
+
+
+def _images_and_labels(inputs):
+    return [x["image"] for x in inputs], [x["sem_seg"] for x in inputs]
 
 
 def _model(cfg=None, **overrides):
@@ -45,10 +48,15 @@ def _model(cfg=None, **overrides):
     return build_model(cfg)
 
 
-def _train_step(model, inputs):
+def _train_step(model, labeled=(), unlabeled=(), **unlabeled_kwargs):
+    """One backward of the losses of a labelled batch (``forward``) and of a pseudo-labelled
+    one (``losses(..., labeled=False, **unlabeled_kwargs)``, terms suffixed ``_unsup``)."""
     model.train()
     model.zero_grad(set_to_none=True)
-    losses = model(inputs)
+    losses = dict(model(list(labeled))) if labeled else {}
+    if unlabeled:
+        unsup, _ = model.losses(*_images_and_labels(unlabeled), labeled=False, **unlabeled_kwargs)
+        losses.update({f"{name}_unsup": value for name, value in unsup.items()})
     total = sum(losses.values())
     assert torch.isfinite(total), losses
     total.backward()
@@ -70,9 +78,10 @@ def model():
 
 def test_training_step_gives_every_trainable_parameter_a_gradient(model):
     assert isinstance(model, HierVL)
-    losses, outputs = model.train()(_inputs(), return_outputs=True)
+    losses, outputs = model.train().losses(*_images_and_labels(_inputs()), labeled=True)
     assert "aux_outputs" in outputs and outputs["pred_logits"].shape[0] == 2
-    losses = _train_step(model, _inputs())
+    labeled, unlabeled = _inputs()[:1], _inputs()[1:]
+    losses = _train_step(model, labeled, unlabeled)
     expected = {
         "loss_ce",
         "loss_mask",
@@ -83,9 +92,9 @@ def test_training_step_gives_every_trainable_parameter_a_gradient(model):
         "loss_anchor",
         "loss_masked_consistency",
         "loss_pixel_text",
-        "loss_entropy",
     }
     assert expected <= set(losses)
+    assert {f"{name}_unsup" for name in expected - {"loss_topo", "loss_anchor"}} <= set(losses)
     assert {f"loss_ce_{i}" for i in range(2)} <= set(losses)  # input rows + 1 earlier layer
     assert losses["loss_masked_consistency"] > 0 and losses["loss_pixel_text"] > 0
     assert not _missing_grads(model)
@@ -141,11 +150,22 @@ def test_semantic_probs_is_a_distribution(model):
 
 def test_unlabelled_batch_leaves_prompt_losses_to_labelled_one(model):
     """Eq. 3-5 do not depend on the images: a separate unlabelled forward must not repeat them."""
-    losses = _train_step(model, _inputs(labeled=(False, False)))
-    assert "loss_topo" not in losses and "loss_anchor" not in losses
-    assert "loss_entropy" in losses and "loss_ce" in losses
-    losses = _train_step(model, _inputs(labeled=(True, False)))
+    losses = _train_step(model, unlabeled=_inputs())
+    assert "loss_topo_unsup" not in losses and "loss_anchor_unsup" not in losses
+    assert "loss_ce_unsup" in losses
+    losses = _train_step(model, labeled=_inputs())
     assert "loss_topo" in losses and "loss_anchor" in losses
+
+
+def test_absent_classes_are_for_pseudo_labels_only(model):
+    """Ground truth is complete (every class without a pixel is absent): ``absent`` goes with
+    ``labeled=False`` only, one row of ``C`` per image."""
+    images, labels = _images_and_labels(_inputs())
+    absent = torch.zeros(2, model.num_classes, dtype=torch.bool)
+    with pytest.raises(ValueError, match="pseudo-labels"):
+        model.losses(images, labels, labeled=True, absent=absent)
+    with pytest.raises(ValueError, match="absent must be"):
+        model.losses(images, labels, labeled=False, absent=absent[0])
 
 
 def _unlabelled_class_step(model, absent):
@@ -154,9 +174,6 @@ def _unlabelled_class_step(model, absent):
     sem = torch.zeros(64, 64, dtype=torch.long)
     sem[:, 32:] = 1
     image = torch.randint(0, 256, (3, 64, 64), dtype=torch.uint8, generator=torch.Generator())
-    item = {"image": image, "sem_seg": sem, "labeled": False}
-    if absent is not None:
-        item["absent_classes"] = absent
     assigned = []
     assign = model.criterion.assign
 
@@ -171,7 +188,9 @@ def _unlabelled_class_step(model, absent):
     try:
         model.train()
         model.zero_grad(set_to_none=True)
-        losses, outputs = model([item], return_outputs=True)
+        losses, outputs = model.losses(
+            [image], [sem], labeled=False, absent=None if absent is None else absent[None]
+        )
     finally:
         model.criterion.assign = assign
         model.hsqg.relevance_threshold = threshold
@@ -281,9 +300,9 @@ def test_criterion_leaves_out_rows_the_pseudo_label_cannot_speak_for():
 
 
 def test_feature_dropout_perturbs_the_pixel_features_not_the_global_embedding(model):
-    """UniMatch-style feature perturbation of strong views (``feature_dropout`` inputs)."""
+    """UniMatch-style feature perturbation of strong views (``feature_dropout``)."""
     model.eval()  # no other dropout: the only difference is the perturbation
-    images = model._normalize(_inputs(labeled=(False,))[0]["image"])[None]
+    images = model._normalize(_inputs(count=1)[0]["image"])[None]
     text = model.text_embeddings()
     with torch.no_grad():
         clean, hs_clean, _ = model._run(images, text)
@@ -292,29 +311,24 @@ def test_feature_dropout_perturbs_the_pixel_features_not_the_global_embedding(mo
     torch.testing.assert_close(clean["pred_masks"], again["pred_masks"])
     assert not torch.allclose(clean["pred_masks"], perturbed["pred_masks"])
     torch.testing.assert_close(hs_clean["relevance_logits"], hs_perturbed["relevance_logits"])
-    # through the training forward's input dicts
-    inputs = _inputs(labeled=(False, False))
-    for x in inputs:
-        x["feature_dropout"] = 0.5
-    losses = _train_step(model, inputs)
+    # through the training losses
+    losses = _train_step(model, unlabeled=_inputs(), feature_dropout=0.5)
     assert all(torch.isfinite(v) for v in losses.values())
 
 
 def test_bad_inputs_give_finite_losses(model):
-    inputs = _inputs(labeled=(True, True))
+    inputs = _inputs()
     inputs[0]["sem_seg"] = torch.full((64, 64), 255, dtype=torch.long)  # no labelled pixel
     inputs[1]["sem_seg"] = torch.zeros(64, 64, dtype=torch.long)  # one class, 7 absent
     _train_step(model, inputs)
-    inputs = _inputs(labeled=(False, False))
+    inputs = _inputs()
     for x in inputs:
         x["sem_seg"] = torch.full((64, 64), 255, dtype=torch.long)  # all-ignore pseudo-labels
-    losses = _train_step(model, inputs)
-    assert losses["loss_masked_consistency"] == 0
-    inputs = _inputs(height=48, width=80)
-    inputs[0]["sem_seg_weight"] = torch.zeros(48, 80)  # confidence weights all zero
-    inputs[1]["sem_seg_weight"] = torch.rand(48, 80)
-    del inputs[1]["labeled"]
-    _train_step(model, inputs)
+    losses = _train_step(model, unlabeled=inputs)
+    assert losses["loss_masked_consistency_unsup"] == 0
+    # confidence weights all zero, and random ones
+    weights = [torch.zeros(48, 80), torch.rand(48, 80)]
+    _train_step(model, unlabeled=_inputs(height=48, width=80), weights=weights)
 
 
 def _ablation_cfg(path):
@@ -337,7 +351,7 @@ def test_ablation_rows_build_and_train(path):
     assert yaml.safe_load(path.read_text())["_BASE_"] == "../hiervl_92.yaml"
     cfg = _ablation_cfg(path)
     model = _model(cfg)
-    losses = _train_step(model, _inputs())
+    losses = _train_step(model, _inputs()[:1], _inputs()[1:])
     assert not _missing_grads(model), path.stem
     hv = cfg.MODEL.HIERVL
     assert (model.hsqg is None) == (

@@ -26,8 +26,9 @@ import torch
 from detectron2.modeling import build_model
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hiervl.utils import benchmark as bm  # noqa: E402
+import benchmark_common as bm  # noqa: E402  (tools/benchmark_common.py)
 
 VOC_VAL_IMAGES = 1449
 SMOKE = {

@@ -12,7 +12,7 @@ real run (override with ``--opts``).
 
 Printed: median step time, images/s (labelled + unlabelled), peak GPU memory after the warm-up
 (``torch.cuda.max_memory_allocated``), FLOPs of one step (``torch.utils.flop_counter``, see
-``hiervl/utils/flops.py``: teacher forward + student forward and backward), achieved TFLOP/s and
+``tools/benchmark_common.py``: teacher forward + student forward and backward), achieved TFLOP/s and
 MFU against the device's dense bf16 peak, the device, dtype and MSDeformAttn path.
 
     python tools/benchmark_train.py                                 # VOC 8 + 8 at 512², bf16
@@ -33,9 +33,10 @@ from detectron2.config import CfgNode
 from detectron2.utils.events import EventStorage
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from hiervl.utils import benchmark as bm  # noqa: E402
-from hiervl.utils.flops import count_flops, mfu, peak_tflops_for  # noqa: E402
+import benchmark_common as bm  # noqa: E402  (tools/benchmark_common.py)
+from benchmark_common import count_flops, mfu, peak_tflops_for  # noqa: E402
 
 DEFAULT_CONFIGS = {
     "hiervl": "configs/voc/hiervl_92.yaml",
@@ -215,7 +216,7 @@ def benchmark(args: argparse.Namespace, variant: str, device: torch.device) -> D
     peak, peak_source = args.peak_tflops, "--peak-tflops"
     if peak is None and device.type == "cuda":
         peak = peak_tflops_for(torch.cuda.get_device_name(device))
-        peak_source = "table in hiervl/utils/flops.py"
+        peak_source = "table in tools/benchmark_common.py"
     achieved = flops / step_s / 1e12 if flops is not None else None
     util = mfu(flops, step_s, peak) if flops is not None else None
     if flops is None:

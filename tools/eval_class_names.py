@@ -29,8 +29,8 @@ from tqdm import tqdm
 import hiervl.data  # noqa: F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: F401  (registers the HierVL META_ARCH)
 from hiervl.config import load_config
+from hiervl.data.image_io import load_semseg_mask
 from hiervl.evaluation.predictor import HierVLPredictor
-from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask
 
 logger = logging.getLogger("hiervl.eval_class_names")
 

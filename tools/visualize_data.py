@@ -38,7 +38,7 @@ from tqdm import tqdm
 import hiervl.data  # noqa: F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: F401  (registers the HierVL META_ARCH)
 from hiervl.config import load_config
-from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask
+from hiervl.data.image_io import load_semseg_mask
 from hiervl.evaluation.visualization import (
     draw_semseg,
     grey_out,

@@ -43,7 +43,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import hiervl.data  # noqa: E402,F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: E402,F401  (registers the HierVL META_ARCH)
 from hiervl.config import load_config  # noqa: E402
-from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask  # noqa: E402
+from hiervl.data.image_io import load_semseg_mask  # noqa: E402
 from hiervl.evaluation.visualization import (  # noqa: E402
     default_dataset,
     draw_semseg,

@@ -12,9 +12,17 @@ from dataclasses import dataclass
 
 import numpy as np
 from detectron2.data import detection_utils
+from detectron2.utils.file_io import PathManager
 from PIL import Image
 
-__all__ = ["EXIF_ORIENTATION", "ImageHeader", "ImageReadError", "read_image", "read_image_header"]
+__all__ = [
+    "EXIF_ORIENTATION",
+    "ImageHeader",
+    "ImageReadError",
+    "load_semseg_mask",
+    "read_image",
+    "read_image_header",
+]
 
 EXIF_ORIENTATION = 0x0112  # the EXIF orientation tag
 _SWAPS_SIDES = (5, 6, 7, 8)  # orientations that rotate by 90 degrees (width <-> height)
@@ -52,6 +60,36 @@ def read_image(file_name: str, format=None, *, kind: str = "image") -> np.ndarra
         raise
     except _DECODE_ERRORS as e:
         raise _error(file_name, kind, e) from e
+
+
+def load_semseg_mask(file_name: str, dtype=np.int64) -> np.ndarray:
+    """Read a label mask (train ids, ``255`` = ignore) into a writable array.
+
+    Works under NumPy 1 and 2: the decoded image is always copied (``np.array`` default), so the
+    caller may edit the result in place (``SemSegEvaluator.process`` does).
+
+    Args:
+        file_name: path of a single-channel (``L``, ``I`` or palette ``P``) PNG.
+        dtype: dtype of the returned array.
+
+    Returns:
+        ``[H, W]`` array of ``dtype``.
+    """
+    try:
+        with PathManager.open(file_name, "rb") as f:
+            image = Image.open(f)
+            image.load()
+    except FileNotFoundError:
+        raise
+    except _DECODE_ERRORS as e:
+        raise _error(file_name, "ground-truth mask", e) from e
+    if image.mode not in ("L", "P", "I", "I;16", "1"):
+        raise ValueError(
+            f"Ground-truth mask {file_name} has image mode {image.mode!r}; expected a "
+            "single-channel mask of train ids (L, P or I). Convert colour masks with the "
+            "dataset's preparation tool first."
+        )
+    return np.array(image, dtype=dtype)
 
 
 @dataclass(frozen=True)

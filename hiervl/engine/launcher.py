@@ -13,7 +13,7 @@ from detectron2.utils.logger import setup_logger
 from hiervl.config import load_config
 from hiervl.utils.checkpoint import load_inference_weights
 
-from .checkpoint import claim_output_dir
+from .output_dir import claim_output_dir
 from .trainer import HierVLTrainer
 
 __all__ = ["setup_cfg", "run_train_or_eval", "launch_from_command_line"]
@@ -58,7 +58,7 @@ def setup_cfg(
 ) -> CfgNode:
     """``hiervl.config.load_config`` of the command line (defaults + ``config_hooks`` + config
     file + opts, custom folder dataset registered, device resolved, frozen); for training,
-    ``OUTPUT_DIR`` claimed (:func:`~hiervl.engine.checkpoint.claim_output_dir`: locked, refused
+    ``OUTPUT_DIR`` claimed (:func:`~hiervl.engine.output_dir.claim_output_dir`: locked, refused
     when it holds another run's checkpoints without ``--resume``) before anything is written
     into it; then detectron2's ``default_setup`` (logging, seeding, config dump into
     OUTPUT_DIR) and HierVL's loggers, into which the config's own log records are replayed."""

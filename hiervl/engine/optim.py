@@ -1,27 +1,47 @@
-"""Optimiser parameter groups and the poly learning-rate schedule (METHOD §8)."""
+"""Optimiser parameter groups, gradient clipping and the poly learning-rate schedule (METHOD §8).
+
+The groups are our own loop, as Mask2Former's are: detectron2's
+``get_default_optimizer_params`` has no rule for embeddings (``nn.Embedding`` weights, prompt
+tokens and other free-standing embeddings: ``SOLVER.WEIGHT_DECAY_EMBED``), lets a bias
+override beat the norm-layer rule, and merges the groups, so that they lose their names.
+Clipping is detectron2's (``maybe_add_gradient_clipping``: "value", "norm" per parameter)
+plus Mask2Former's "full_model" (one norm over all gradients), inside ``optimizer.step``,
+hence after ``GradScaler`` unscaled the gradients.
+"""
 
 import logging
 import re
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Type
 
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_lr_scheduler as d2_build_lr_scheduler
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from fvcore.common.param_scheduler import PolynomialDecayParamScheduler
 from torch import nn
 
 __all__ = [
+    "BACKBONE_MODULES",
+    "CLIP_TYPES",
     "NORM_TYPES",
     "EMBED_NAME_PATTERN",
     "build_param_groups",
     "build_hiervl_optimizer",
     "build_poly_lr_scheduler",
     "build_hiervl_lr_scheduler",
-    "clip_gradients",
+    "optimizer_with_clipping",
 ]
 
 logger = logging.getLogger(__name__)
+
+# Modules of the HierVL META_ARCH whose parameters get SOLVER.BACKBONE_MULTIPLIER: the
+# pretrained CLIP visual tower only. Every other trainable parameter, the feature pyramid
+# added inside the image encoder included, gets SOLVER.HEAD_MULTIPLIER (build_param_groups).
+BACKBONE_MODULES = ("image_encoder.visual",)
+
+# SOLVER.CLIP_GRADIENTS.CLIP_TYPE: detectron2's two and Mask2Former's "full_model".
+CLIP_TYPES = ("full_model", "norm", "value")
 
 NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
@@ -98,16 +118,48 @@ def build_param_groups(
     return groups
 
 
+def optimizer_with_clipping(
+    cfg: CfgNode, optimizer_type: Type[torch.optim.Optimizer]
+) -> Type[torch.optim.Optimizer]:
+    """``optimizer_type`` whose ``step`` first clips the gradients (``SOLVER.CLIP_GRADIENTS``).
+
+    "value" / "norm": detectron2's ``maybe_add_gradient_clipping`` (each parameter on its
+    own); "full_model": one norm over every gradient of the param groups
+    (``clip_grad_norm_``), as Mask2Former clips. Clipping off: ``optimizer_type`` itself.
+    """
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return optimizer_type
+    if clip.CLIP_TYPE not in CLIP_TYPES:
+        raise ValueError(
+            f"Unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip.CLIP_TYPE!r}: use one of {CLIP_TYPES}"
+        )
+    if clip.CLIP_TYPE != "full_model":
+        return maybe_add_gradient_clipping(cfg, optimizer_type)
+    max_norm, norm_type = clip.CLIP_VALUE, clip.NORM_TYPE
+
+    class FullModelGradientClipping(optimizer_type):
+        def step(self, closure=None):
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type)
+            return super().step(closure)
+
+    FullModelGradientClipping.__name__ = f"{optimizer_type.__name__}WithFullModelGradientClip"
+    return FullModelGradientClipping
+
+
 def build_hiervl_optimizer(
     cfg: CfgNode,
     model: nn.Module,
     *,
-    backbone_prefixes: Sequence[str],
+    backbone_prefixes: Sequence[str] = BACKBONE_MODULES,
 ) -> torch.optim.Optimizer:
-    """AdamW (``SOLVER.OPTIMIZER`` "ADAMW") or SGD over :func:`build_param_groups`.
+    """AdamW (``SOLVER.OPTIMIZER`` "ADAMW") or SGD over :func:`build_param_groups`, clipping
+    the gradients in its ``step`` (:func:`optimizer_with_clipping`).
 
-    ``backbone_prefixes``: module names of the pretrained weights (``BACKBONE_MULTIPLIER``);
-    every other trainable parameter gets ``SOLVER.HEAD_MULTIPLIER``.
+    ``backbone_prefixes``: module names of the pretrained weights
+    (``SOLVER.BACKBONE_MULTIPLIER``); every other trainable parameter gets
+    ``SOLVER.HEAD_MULTIPLIER``.
     """
     weight_decay_bias = cfg.SOLVER.WEIGHT_DECAY_BIAS
     groups = build_param_groups(
@@ -115,7 +167,7 @@ def build_hiervl_optimizer(
         base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         backbone_prefixes=backbone_prefixes,
-        backbone_multiplier=cfg.MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER,
+        backbone_multiplier=cfg.SOLVER.BACKBONE_MULTIPLIER,
         head_multiplier=cfg.SOLVER.HEAD_MULTIPLIER,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
         weight_decay_bias=(
@@ -127,9 +179,10 @@ def build_hiervl_optimizer(
         raise ValueError("The model has no trainable parameters")
     name = cfg.SOLVER.OPTIMIZER.upper()
     if name == "ADAMW":
-        return torch.optim.AdamW(groups, lr=cfg.SOLVER.BASE_LR)
+        return optimizer_with_clipping(cfg, torch.optim.AdamW)(groups, lr=cfg.SOLVER.BASE_LR)
     if name == "SGD":
-        return torch.optim.SGD(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
+        sgd = optimizer_with_clipping(cfg, torch.optim.SGD)
+        return sgd(groups, lr=cfg.SOLVER.BASE_LR, momentum=cfg.SOLVER.MOMENTUM)
     raise ValueError(f"Unknown SOLVER.OPTIMIZER {cfg.SOLVER.OPTIMIZER!r}: use ADAMW or SGD")
 
 
@@ -166,27 +219,3 @@ def build_hiervl_lr_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer):
             warmup_method=cfg.SOLVER.WARMUP_METHOD,
         )
     return d2_build_lr_scheduler(cfg, optimizer)
-
-
-def clip_gradients(
-    params: Sequence[torch.nn.Parameter], *, clip_type: str, clip_value: float, norm_type: float
-) -> None:
-    """Clip gradients in place (``SOLVER.CLIP_GRADIENTS``).
-
-    Args:
-        params: trainable parameters.
-        clip_type: "full_model" (one norm over all gradients), "norm" (per parameter) or
-            "value" (elementwise).
-        clip_value: maximum norm / absolute value.
-        norm_type: p of the norm.
-    """
-    params = [p for p in params if p.grad is not None]
-    if clip_type == "full_model":
-        torch.nn.utils.clip_grad_norm_(params, clip_value, norm_type)
-    elif clip_type == "norm":
-        for p in params:
-            torch.nn.utils.clip_grad_norm_([p], clip_value, norm_type)
-    elif clip_type == "value":
-        torch.nn.utils.clip_grad_value_(params, clip_value)
-    else:
-        raise ValueError(f"Unknown SOLVER.CLIP_GRADIENTS.CLIP_TYPE {clip_type!r}")

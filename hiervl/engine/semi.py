@@ -7,7 +7,7 @@ from typing import Iterable, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from hiervl.evaluation.sem_seg_evaluation import load_semseg_mask
+from hiervl.data.image_io import load_semseg_mask
 
 __all__ = [
     "pseudo_labels_from_probs",

@@ -1,522 +1,45 @@
-"""The semi-supervised trainer (METHOD §8): two loaders, EMA teacher, pseudo-labels, CutMix.
+"""``HierVLTrainer``: detectron2's ``DefaultTrainer`` wired to the semi-supervised step.
 
-One step:
-    1. draw the rank's share of a labelled batch (``SOLVER.IMS_PER_BATCH`` global) and, when the
-       unlabelled losses are on, of an unlabelled batch (``SEMI.IMS_PER_BATCH_UNLABELED``) and,
-       with CutMix on, of a mix batch of the same size from a second, independent unlabelled
-       stream (UniMatch's mix loader);
-    2. CutMix boxes (``SEMI.CUTMIX_PROB`` per image): image ``i`` of the batch will take a box
-       from image ``i`` of the mix batch, so CutMix works at any per-process batch size;
-    3. the teacher predicts the weak views of the batch and of the mix partners that give a box
-       (``semantic_probs``, no grad; averaged with its prediction on the mirrored views with
-       ``SEMI.TEACHER_FLIP``), aligned to the labelled class prior with
-       ``SEMI.DISTRIBUTION_ALIGNMENT``: argmax labels and confidences; padded pixels are ignored;
-       strong views, labels, confidences and padding masks are mixed with the same boxes;
-    4. targets: ``threshold`` mode — confidence below ``SEMI.CONF_THRESHOLD`` is ignored (with
-       ``SEMI.CLASS_BALANCED_RATIO`` > 0, per-class thresholds: every class predicted in the
-       batch keeps its most confident pixels, so small classes are not learnt as absent);
-       ``weight`` mode — every pixel weighted by its confidence (``sem_seg_weight``); and the
-       classes each mixed image rules out (``absent_classes``): those whose teacher probability
-       stays below ``1 - SEMI.CONF_THRESHOLD`` on every pixel — only their rows learn "no
-       object" (METHOD §8);
-    5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × its
-       loss on the mixed strong views (``labeled=False``; with ``SEMI.FEATURE_DROPOUT``, channel
-       dropout on their encoder features), one forward of
-       :class:`SemiSupervisedObjective` so that DDP sees one forward per backward;
-    6. a non-finite loss term stops training with its name; backward (with a GradScaler for
-       fp16 autocast), gradient clipping, optimiser step (an update that leaves a non-finite
-       weight stops training before any checkpoint: ``FiniteWeightsHook``);
-    7. EMA update of the teacher (weights and buffers) from the unwrapped student.
+What it builds from the config: the student and its EMA teacher, the labelled, unlabelled and
+CutMix mix streams (:mod:`hiervl.engine.loaders`), the objective
+(:class:`~hiervl.engine.objective.SemiSupervisedObjective`, DDP-wrapped) and the step
+(:class:`~hiervl.engine.semi_step.SemiSupervisedStep`), optimiser groups and the poly
+schedule, checkpoints holding the teacher and every stream's position, hooks, evaluation.
 """
 
 import logging
 import os
-import time
 import weakref
 from collections import OrderedDict
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Optional
 
 import torch
-import torch.distributed as dist
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
-from detectron2.engine import DefaultTrainer, SimpleTrainer, TrainerBase, hooks
+from detectron2.engine import DefaultTrainer, TrainerBase, create_ddp_model, hooks
 from detectron2.utils import comm
-from detectron2.utils.events import get_event_storage
 from detectron2.utils.logger import setup_logger
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from hiervl.data.dataset_mappers import build_dataset_mapper
 from hiervl.evaluation import build_semseg_evaluator
-from hiervl.utils.comm import all_reduce_mean
+from hiervl.utils.checkpoint import TEACHER_CHECKPOINT_KEY, AtomicCheckpointer, ModuleState
 
-from .checkpoint import (
-    AtomicCheckpointer,
-    FiniteWeightsHook,
-    ModuleState,
-    RNGStateHook,
-    claim_output_dir,
-    release_output_dir,
-)
-from .data import ResumableLoader, build_resumable_loader
-from .ema import build_teacher, ema_momentum, ema_update
-from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer, clip_gradients
-from .semi import (
-    align_distribution,
-    class_balanced_thresholds,
-    class_peak_probability,
-    class_pixel_prior,
-    cutmix,
-    finalize_pseudo_labels,
-    mean_class_probability,
-    pseudo_labels_from_probs,
-    sample_cutmix_masks,
-    unsup_rampup,
-)
+from .loaders import ResumableLoader, build_resumable_loader
+from .ema import build_teacher
+from .hooks import FiniteWeightsHook, RNGStateHook
+from .objective import SemiSupervisedObjective
+from .optim import build_hiervl_lr_scheduler, build_hiervl_optimizer
+from .output_dir import claim_output_dir, release_output_dir
+from .semi import class_pixel_prior
+from .semi_step import SemiSupervisedStep
 
-__all__ = [
-    "BACKBONE_MODULES",
-    "SemiSupervisedObjective",
-    "SemiSupervisedStep",
-    "HierVLTrainer",
-    "stack_views",
-    "wrap_ddp",
-]
+__all__ = ["HierVLTrainer"]
 
 logger = logging.getLogger(__name__)
 
-# Modules of the HierVL META_ARCH whose parameters get BACKBONE_MULTIPLIER: the pretrained CLIP
-# visual tower only. Every other trainable parameter, the feature pyramid added inside the image
-# encoder included, gets SOLVER.HEAD_MULTIPLIER (build_param_groups).
-BACKBONE_MODULES = ("image_encoder.visual",)
 
 AMP_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def stack_views(
-    tensors: Sequence[torch.Tensor],
-    pad_value: float = 0,
-    size: Optional[Tuple[int, int]] = None,
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``[..., H_i, W_i]`` tensors, padding bottom/right to the largest size (or to
-    ``size`` ``(H, W)``, at least as large).
-
-    Returns:
-        ``[B, ..., H, W]`` and ``padded`` ``[B, H, W]`` bool (True where padding was added).
-    """
-    h = max(t.shape[-2] for t in tensors)
-    w = max(t.shape[-1] for t in tensors)
-    if size is not None:
-        if size[0] < h or size[1] < w:
-            raise ValueError(f"stack_views: size {tuple(size)} is smaller than the views {(h, w)}")
-        h, w = int(size[0]), int(size[1])
-    out = tensors[0].new_full((len(tensors), *tensors[0].shape[:-2], h, w), pad_value)
-    padded = torch.ones(len(tensors), h, w, dtype=torch.bool)
-    for i, t in enumerate(tensors):
-        out[i, ..., : t.shape[-2], : t.shape[-1]] = t
-        padded[i, : t.shape[-2], : t.shape[-1]] = False
-    return out, padded
-
-
-def wrap_ddp(module: nn.Module) -> nn.Module:
-    """``DistributedDataParallel`` when several processes run (CUDA: this rank's device; CPU:
-    gloo, no device ids — detectron2's ``create_ddp_model`` always passes device ids), else the
-    module itself. Buffers are not broadcast; parameters unused by a step are allowed."""
-    if comm.get_world_size() == 1:
-        return module
-    kwargs = {"broadcast_buffers": False, "find_unused_parameters": True}
-    if next(module.parameters()).is_cuda:
-        kwargs["device_ids"] = [comm.get_local_rank()]
-    return DistributedDataParallel(module, **kwargs)
-
-
-class SemiSupervisedObjective(nn.Module):
-    """Student loss of one step: supervised + weighted unsupervised, in one ``forward``.
-
-    Wrapping the student in this module (and this module in DDP) keeps one forward per
-    backward, which DDP requires, although the student runs on two batches.
-    """
-
-    def __init__(self, model: nn.Module):
-        """
-        Args:
-            model: the student META_ARCH (training forward returns a dict of losses).
-        """
-        super().__init__()
-        self.model = model
-
-    def forward(
-        self,
-        labeled: List[dict],
-        unlabeled: Optional[List[dict]] = None,
-        unsup_weight: float = 1.0,
-        views: Optional[Dict[str, List[dict]]] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """
-        Args:
-            labeled: mapped labelled dicts (``image``, ``sem_seg``).
-            unlabeled: strong views with pseudo-labels (``labeled=False``), or None.
-            unsup_weight: factor of every unlabelled loss term.
-            views: extra views for subclasses (HVLFormer); unused here.
-
-        Returns:
-            loss dict; unlabelled terms are suffixed ``_unsup``.
-        """
-        losses = dict(self.model(labeled))
-        if unlabeled:
-            for name, value in self.model(unlabeled).items():
-                losses[f"{name}_unsup"] = value * unsup_weight
-        return losses
-
-
-class SemiSupervisedStep(SimpleTrainer):
-    """The inner trainer of :class:`HierVLTrainer`: the step described in the module docstring."""
-
-    def __init__(
-        self,
-        objective: nn.Module,
-        student: nn.Module,
-        teacher: Optional[nn.Module],
-        labeled_loader: ResumableLoader,
-        unlabeled_loader: Optional[ResumableLoader],
-        optimizer: torch.optim.Optimizer,
-        *,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
-        ema_momentum: float,
-        pseudo_label_mode: str,
-        conf_threshold: float,
-        class_balanced_ratio: float = 0.0,
-        class_prior: Optional[torch.Tensor] = None,
-        unsup_weight: float,
-        unsup_start_iter: int,
-        unsup_rampup_iters: int = 0,
-        teacher_flip: bool = False,
-        feature_dropout: float = 0.0,
-        cutmix_prob: float,
-        amp_dtype: Optional[torch.dtype],
-        clip_gradients: Optional[Dict],
-        mix_loader: Optional[ResumableLoader] = None,
-    ):
-        """
-        Args:
-            objective: :class:`SemiSupervisedObjective` (possibly DDP-wrapped).
-            student: the unwrapped student (EMA source).
-            teacher: the EMA teacher, or None for supervised-only training.
-            labeled_loader, unlabeled_loader: the two streams (unlabelled None when off).
-            optimizer: the student's optimiser.
-            pixel_mean, pixel_std: normalisation of the teacher's input (0-255 RGB).
-            ema_momentum: cap m of ``min(1 - 1/(t+1), m)``.
-            pseudo_label_mode: "threshold" or "weight".
-            conf_threshold: confidence threshold of the "threshold" mode.
-            class_balanced_ratio: "threshold" mode: each class predicted in the batch keeps at
-                least this fraction of its most confident pixels (0 = global threshold only).
-            class_prior: ``[C]`` class frequencies of the labelled pixels: the teacher's
-                probabilities are aligned to it before pseudo-labelling (None = no alignment).
-            unsup_weight: weight of the unlabelled loss.
-            unsup_start_iter: first iteration with unlabelled losses.
-            unsup_rampup_iters: iterations over which that weight rises from 0 (Gaussian
-                ramp-up ``exp(-5 (1 - x)^2)`` from ``unsup_start_iter``; 0 = at once).
-            teacher_flip: average the teacher's predictions on the weak view and its mirror.
-            feature_dropout: channel-dropout probability on the student's encoder features of
-                the strong views (``feature_dropout`` of their input dicts; 0 = none).
-            cutmix_prob: probability of a CutMix box per unlabelled image.
-            amp_dtype: autocast dtype, or None for full precision.
-            clip_gradients: ``{"clip_type", "clip_value", "norm_type"}`` or None.
-            mix_loader: the second unlabelled stream whose batches give the CutMix boxes
-                (None: no CutMix).
-        """
-        super().__init__(objective, labeled_loader, optimizer)
-        self.student = student
-        self.teacher = teacher
-        self.labeled_loader = labeled_loader
-        self.unlabeled_loader = unlabeled_loader
-        self.mix_loader = mix_loader
-        device = next(student.parameters()).device
-        self.device = device
-        self.pixel_mean = torch.tensor(pixel_mean, device=device).view(-1, 1, 1)
-        self.pixel_std = torch.tensor(pixel_std, device=device).view(-1, 1, 1)
-        self.ema_momentum = ema_momentum
-        self.pseudo_label_mode = pseudo_label_mode
-        self.conf_threshold = conf_threshold
-        self.class_balanced_ratio = class_balanced_ratio
-        self.class_prior = class_prior
-        self.unsup_weight = unsup_weight
-        self.unsup_start_iter = unsup_start_iter
-        self.unsup_rampup_iters = unsup_rampup_iters
-        self.teacher_flip = teacher_flip
-        if not 0.0 <= feature_dropout < 1.0:
-            raise ValueError(f"SEMI.FEATURE_DROPOUT must be in [0, 1), got {feature_dropout}")
-        self.feature_dropout = feature_dropout
-        self.cutmix_prob = cutmix_prob
-        self.amp_dtype = amp_dtype
-        self.grad_scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-        self.clip_gradients = clip_gradients
-
-    # ---- pieces of the step, overridable by projects -----------------------------------
-    def autocast(self):
-        return torch.autocast(
-            self.device.type,
-            dtype=self.amp_dtype or torch.float32,
-            enabled=self.amp_dtype is not None,
-        )
-
-    def semi_active(self) -> bool:
-        return (
-            self.teacher is not None
-            and self.unlabeled_loader is not None
-            and self.unsup_weight > 0
-            and self.iter >= self.unsup_start_iter
-        )
-
-    def current_unsup_weight(self) -> float:
-        """``SEMI.UNSUP_WEIGHT`` at this iteration, with the ramp-up of
-        ``SEMI.UNSUP_RAMPUP_ITERS`` (Laine & Aila's ``exp(-5 (1 - x)^2)``)."""
-        return self.unsup_weight * unsup_rampup(
-            self.iter - self.unsup_start_iter, self.unsup_rampup_iters
-        )
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """``[B, 3, H, W]`` uint8 → float, normalised with the model's pixel mean / std."""
-        return (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
-
-    @torch.no_grad()
-    def teacher_predict(
-        self, weak: torch.Tensor, valid: Optional[torch.Tensor] = None
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Teacher's labels and confidences ``[B, H, W]`` of weak views ``[B, 3, H, W]`` uint8
-        (argmax of :meth:`teacher_probs`)."""
-        return pseudo_labels_from_probs(self.teacher_probs(weak, valid))
-
-    @torch.no_grad()
-    def teacher_probs(self, weak: torch.Tensor, valid: Optional[torch.Tensor] = None):
-        """Teacher's class distribution ``[B, C, H, W]`` (float) of weak views ``[B, 3, H, W]``
-        uint8, averaged with its mirrored prediction with ``teacher_flip``; with distribution
-        alignment over the ``valid [B, H, W]`` pixels when a class prior is set."""
-        images = self.normalize(weak)
-        with self.autocast():
-            probs = self.teacher.semantic_probs(images)
-            if self.teacher_flip:
-                mirrored = self.teacher.semantic_probs(images.flip(-1)).flip(-1)
-                probs = 0.5 * (probs + mirrored)
-        if self.class_prior is not None:
-            # the batch mean over every process: the same alignment everywhere
-            batch_mean = all_reduce_mean(mean_class_probability(probs, valid))
-            probs = align_distribution(probs, self.class_prior, batch_mean=batch_mean)
-        return probs.float()
-
-    def prepare_unlabeled(
-        self, batch: List[dict], mix_batch: Optional[List[dict]] = None
-    ) -> Dict[str, torch.Tensor]:
-        """Pseudo-labelled, CutMix'ed strong views of an unlabelled batch (steps 2-4).
-
-        Args:
-            batch: mapped unlabelled dicts (``image`` = weak view, ``image_strong``,
-                ``ignore_mask``).
-            mix_batch: as many dicts from the mix stream: image ``i`` of ``batch`` takes its
-                CutMix box from image ``i`` of ``mix_batch``; None = no CutMix.
-
-        Returns:
-            dict of ``[B, ...]`` tensors: ``weak`` / ``strong`` (un-mixed) and ``strong_mixed``
-            uint8 ``[B, 3, H, W]``; ``labels`` long, ``conf`` float and ``ignore`` bool
-            ``[B, H, W]`` of the weak views (un-mixed); ``cutmix`` bool ``[B, H, W]`` (True =
-            from the mix partner); the mixed targets ``targets`` long and ``weights`` float
-            ``[B, H, W]`` (None in "threshold" mode); ``absent`` bool ``[B, C]``, the classes
-            each mixed image rules out.
-        """
-        n = len(batch)
-        if mix_batch is not None and len(mix_batch) != n:
-            raise ValueError(f"mix batch of {len(mix_batch)} images for a batch of {n}")
-        views = list(batch) + list(mix_batch or [])
-        weak, pad = stack_views([d["image"] for d in views])
-        strong, _ = stack_views([d["image_strong"] for d in views])
-        ignore, _ = stack_views([d["ignore_mask"] for d in views], pad_value=True)
-        ignore = ignore | pad
-        _, _, h, w = weak.shape
-        prob = self.cutmix_prob if mix_batch is not None else 0.0
-        masks = sample_cutmix_masks(n, h, w, prob=prob)
-        boxed = masks.flatten(1).any(1)
-        # The teacher sees the batch and the mix partners whose box is used.
-        taught = torch.cat([torch.arange(n), n + torch.nonzero(boxed).flatten()])
-        probs = self.teacher_probs(weak[taught], ~ignore[taught])
-        labels, conf = pseudo_labels_from_probs(probs)
-        labels, conf = labels.cpu(), conf.cpu()
-        threshold = self.conf_threshold
-        if self.pseudo_label_mode == "threshold" and self.class_balanced_ratio > 0:
-            threshold = class_balanced_thresholds(
-                labels,
-                conf,
-                ignore[taught],
-                num_classes=probs.shape[1],
-                threshold=self.conf_threshold,
-                keep_ratio=self.class_balanced_ratio,
-            )
-        # each image's partner: its mix image where it has a box, itself elsewhere (unused)
-        partner = torch.arange(n)
-        partner[boxed] = torch.arange(n, len(taught))
-        peak = class_peak_probability(probs[:n], ~ignore[:n] & ~masks).cpu()
-        if bool(boxed.any()):
-            pasted = class_peak_probability(probs[n:], ~ignore[n:][boxed] & masks[boxed])
-            peak[boxed] = torch.maximum(peak[boxed], pasted.cpu())
-        mix_index = torch.arange(n, n + n) if mix_batch is not None else torch.arange(n)
-        targets, weights = finalize_pseudo_labels(
-            cutmix(labels[:n], labels[partner], masks),
-            cutmix(conf[:n], conf[partner], masks),
-            cutmix(ignore[:n], ignore[mix_index], masks),
-            mode=self.pseudo_label_mode,
-            threshold=threshold,
-        )
-        # A class is ruled out where the teacher is as sure of its absence at every pixel as a
-        # kept pixel is of its label (METHOD §8); a class with target pixels is never absent.
-        absent = peak < 1.0 - self.conf_threshold
-        for i in range(n):
-            absent[i, targets[i][(targets[i] >= 0) & (targets[i] < absent.shape[1])]] = False
-        return {
-            "weak": weak[:n],
-            "strong": strong[:n],
-            "strong_mixed": cutmix(strong[:n], strong[mix_index], masks),
-            "labels": labels[:n],
-            "conf": conf[:n],
-            "ignore": ignore[:n],
-            "cutmix": masks,
-            "targets": targets,
-            "weights": weights,
-            "absent": absent,
-        }
-
-    @staticmethod
-    def student_inputs(
-        batch: List[dict],
-        images: torch.Tensor,
-        targets: torch.Tensor,
-        weights: Optional[torch.Tensor],
-        feature_dropout: float = 0.0,
-        absent: Optional[torch.Tensor] = None,
-    ) -> List[dict]:
-        """Unlabelled training dicts (``labeled=False``) of images ``[B, 3, H, W]`` uint8 and
-        targets ``[B, H, W]`` (with per-pixel ``sem_seg_weight`` when ``weights`` is given,
-        ``feature_dropout`` when positive, and ``absent_classes`` from ``absent [B, C]``)."""
-        inputs = []
-        for i, d in enumerate(batch):
-            item = {"image": images[i], "sem_seg": targets[i], "labeled": False}
-            if feature_dropout > 0:
-                item["feature_dropout"] = feature_dropout
-            if absent is not None:
-                item["absent_classes"] = absent[i]
-            item.update({k: d[k] for k in ("height", "width", "file_name") if k in d})
-            if weights is not None:
-                item["sem_seg_weight"] = weights[i]
-            inputs.append(item)
-        return inputs
-
-    def strong_inputs(self, batch: List[dict], prep: Dict[str, torch.Tensor]) -> List[dict]:
-        """The student's unlabelled inputs of a step: the mixed strong views of
-        :meth:`prepare_unlabeled` with their targets and ruled-out classes, feature-perturbed
-        with ``SEMI.FEATURE_DROPOUT``."""
-        return self.student_inputs(
-            batch,
-            prep["strong_mixed"],
-            prep["targets"],
-            prep["weights"],
-            self.feature_dropout,
-            prep["absent"],
-        )
-
-    def pseudo_label_stats(self, prep: Dict[str, torch.Tensor]) -> Dict[str, float]:
-        """Scalars of the step's pseudo-labels (and the unlabelled losses' weight)."""
-        valid = ~prep["ignore"]
-        conf = prep["conf"]
-        return {
-            "semi/pseudo_conf_mean": float(conf[valid].mean()) if valid.any() else 0.0,
-            "semi/pseudo_kept_ratio": float((prep["targets"] != 255).float().mean()),
-            "semi/cutmix_ratio": float(prep["cutmix"].float().mean()),
-            "semi/absent_class_ratio": float(prep["absent"].float().mean()),
-            "semi/unsup_weight": self.current_unsup_weight(),
-        }
-
-    def compute_losses(
-        self,
-        labeled: List[dict],
-        unlabeled_batch: Optional[List[dict]],
-        mix_batch: Optional[List[dict]] = None,
-    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, float]]:
-        """Student losses of one step (steps 2-5); ``mix_batch``: CutMix partners (None = no
-        CutMix)."""
-        unlabeled, stats = (None, {})
-        if unlabeled_batch is not None:
-            prep = self.prepare_unlabeled(unlabeled_batch, mix_batch)
-            unlabeled = self.strong_inputs(unlabeled_batch, prep)
-            stats = self.pseudo_label_stats(prep)
-        with self.autocast():
-            loss_dict = self.model(labeled, unlabeled, self.current_unsup_weight())
-        return loss_dict, stats
-
-    def check_finite(self, loss_dict: Dict[str, torch.Tensor]) -> None:
-        """Raise ``FloatingPointError`` naming the non-finite loss terms (of any rank). The
-        terms are kept (detached) as ``last_losses`` for :class:`FiniteWeightsHook`'s report."""
-        self.last_losses = {n: v.detach() for n, v in loss_dict.items()}
-        names = sorted(loss_dict)
-        flags = torch.stack(
-            [(~torch.isfinite(loss_dict[n].detach().float())).any().float() for n in names]
-        )
-        if comm.get_world_size() > 1:
-            dist.all_reduce(flags)
-        bad = [n for n, f in zip(names, flags.tolist()) if f > 0]
-        if bad:
-            values = {n: float(loss_dict[n].detach().float()) for n in bad}
-            raise FloatingPointError(
-                f"Non-finite loss at iteration {self.iter}: {', '.join(bad)} "
-                f"(this rank's values: {values})"
-            )
-
-    def run_step(self):
-        assert self.model.training, "[SemiSupervisedStep] the student was put in eval mode"
-        t0 = time.perf_counter()
-        labeled = self.labeled_loader.next()
-        unlabeled_batch = mix_batch = None
-        if self.semi_active():
-            unlabeled_batch = self.unlabeled_loader.next()
-            if self.mix_loader is not None:
-                mix_batch = self.mix_loader.next()
-        data_time = time.perf_counter() - t0
-
-        loss_dict, stats = self.compute_losses(labeled, unlabeled_batch, mix_batch)
-        self.check_finite(loss_dict)
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(losses).backward()
-        else:
-            losses.backward()
-        self.after_backward()
-        self._write_metrics(loss_dict, data_time)
-        if stats:
-            get_event_storage().put_scalars(**stats)
-        if self.grad_scaler is not None:
-            self.grad_scaler.unscale_(self.optimizer)
-        if self.clip_gradients is not None:
-            clip_gradients(
-                [p for g in self.optimizer.param_groups for p in g["params"]], **self.clip_gradients
-            )
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
-        if self.teacher is not None:
-            ema_update(self.teacher, self.student, ema_momentum(self.iter, self.ema_momentum))
-
-    def state_dict(self):
-        ret = super().state_dict()
-        if self.grad_scaler is not None:
-            ret["grad_scaler"] = self.grad_scaler.state_dict()
-        return ret
-
-    def load_state_dict(self, state_dict):
-        super().load_state_dict(state_dict)
-        if self.grad_scaler is not None and "grad_scaler" in state_dict:
-            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
 
 
 class HierVLTrainer(DefaultTrainer):
@@ -527,6 +50,13 @@ class HierVLTrainer(DefaultTrainer):
     grad scaler, scheduler and RNG states through hooks), ``data_labeled`` /
     ``data_unlabeled`` / ``data_unlabeled_mix`` (CutMix's mix stream, when ``SEMI.CUTMIX_PROB``
     > 0) (stream seed and position). ``SEMI.ENABLED`` False: supervised only, no teacher.
+
+    ``__init__`` replaces ``DefaultTrainer.__init__``, which builds one loader, wraps the model
+    in DDP and makes its own ``SimpleTrainer`` / ``AMPTrainer`` and ``DetectionCheckpointer``:
+    here the step needs three streams and the teacher, DDP wraps the objective (the student
+    runs on two batches in one forward), and the checkpointer writes atomically and holds the
+    teacher and the streams' positions. The rest of ``DefaultTrainer`` (``train``, hooks,
+    ``test``, ``build_model``, writers, state) is used as it is.
     """
 
     objective_class = SemiSupervisedObjective
@@ -536,7 +66,7 @@ class HierVLTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        cfg = self.auto_scale_workers(cfg, comm.get_world_size())
         self.cfg = cfg
         student = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, student)
@@ -553,7 +83,14 @@ class HierVLTrainer(DefaultTrainer):
         mix_loader = self.build_unlabeled_loader(cfg, seed=seed + 2) if mix else None
         self.student = student
         self.teacher = build_teacher(student) if semi else None
-        objective = wrap_ddp(self.build_objective(cfg, student))
+        # DDP wraps the objective, which runs the student on both batches in one forward.
+        # CPU processes (gloo) take no device ids; CUDA: this rank's (create_ddp_model's).
+        objective = create_ddp_model(
+            self.build_objective(cfg, student),
+            broadcast_buffers=False,
+            find_unused_parameters=True,
+            **({} if next(student.parameters()).is_cuda else {"device_ids": None}),
+        )
         self._trainer = self.build_step(
             cfg,
             objective,
@@ -568,7 +105,7 @@ class HierVLTrainer(DefaultTrainer):
         checkpointables = {"trainer": weakref.proxy(self), "data_labeled": labeled_loader}
         if semi:
             self._teacher_state = ModuleState(self.teacher)
-            checkpointables["teacher"] = self._teacher_state
+            checkpointables[TEACHER_CHECKPOINT_KEY] = self._teacher_state
             checkpointables["data_unlabeled"] = unlabeled_loader
         if mix_loader is not None:
             checkpointables["data_unlabeled_mix"] = mix_loader
@@ -579,13 +116,48 @@ class HierVLTrainer(DefaultTrainer):
 
     # ---- builders ------------------------------------------------------------------------
     @staticmethod
+    def auto_scale_workers(cfg: CfgNode, num_workers: int) -> CfgNode:
+        """detectron2's scaling to ``num_workers`` processes of a config written for
+        ``SOLVER.REFERENCE_WORLD_SIZE`` (0 = off), which keeps the per-process batch: the
+        labelled batch and ``BASE_LR`` × scale, iterations and periods ÷ scale; and the same
+        for the unlabelled stream: ``SEMI.IMS_PER_BATCH_UNLABELED`` × scale, the start and the
+        ramp-up of the unlabelled losses (``SEMI.UNSUP_START_ITER``,
+        ``SEMI.UNSUP_RAMPUP_ITERS``) ÷ scale, as ``SOLVER.WARMUP_ITERS``."""
+        reference = cfg.SOLVER.REFERENCE_WORLD_SIZE
+        scaled = DefaultTrainer.auto_scale_workers(cfg, num_workers)
+        if scaled is cfg:
+            return cfg
+        if cfg.SEMI.IMS_PER_BATCH_UNLABELED % reference != 0:
+            raise ValueError(
+                f"SEMI.IMS_PER_BATCH_UNLABELED {cfg.SEMI.IMS_PER_BATCH_UNLABELED} is not "
+                f"divisible by SOLVER.REFERENCE_WORLD_SIZE {reference}"
+            )
+        scale = num_workers / reference
+        frozen = scaled.is_frozen()
+        scaled.defrost()
+        semi = scaled.SEMI
+        semi.IMS_PER_BATCH_UNLABELED = int(round(semi.IMS_PER_BATCH_UNLABELED * scale))
+        semi.UNSUP_START_ITER = int(round(semi.UNSUP_START_ITER / scale))
+        semi.UNSUP_RAMPUP_ITERS = int(round(semi.UNSUP_RAMPUP_ITERS / scale))
+        logger.info(
+            "Auto-scaling the unlabelled stream to batch_size=%d, unlabelled losses from "
+            "iteration %d, ramp-up %d iterations",
+            semi.IMS_PER_BATCH_UNLABELED,
+            semi.UNSUP_START_ITER,
+            semi.UNSUP_RAMPUP_ITERS,
+        )
+        if frozen:
+            scaled.freeze()
+        return scaled
+
+    @staticmethod
     def data_seed(cfg: CfgNode) -> int:
         """Seed of the data streams: ``cfg.SEED`` when >= 0, else one shared by all ranks."""
         return cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed()
 
     @classmethod
     def build_optimizer(cls, cfg: CfgNode, model: nn.Module) -> torch.optim.Optimizer:
-        return build_hiervl_optimizer(cfg, model, backbone_prefixes=BACKBONE_MODULES)
+        return build_hiervl_optimizer(cfg, model)
 
     @classmethod
     def build_lr_scheduler(cls, cfg: CfgNode, optimizer: torch.optim.Optimizer):
@@ -618,8 +190,16 @@ class HierVLTrainer(DefaultTrainer):
         )
 
     @classmethod
+    def objective_kwargs(cls, cfg: CfgNode) -> Dict:
+        """Keyword arguments of :attr:`objective_class` read from ``cfg``."""
+        return {
+            "entropy_weight": cfg.SEMI.ENTROPY_WEIGHT,
+            "feature_dropout": cfg.SEMI.FEATURE_DROPOUT,
+        }
+
+    @classmethod
     def build_objective(cls, cfg: CfgNode, student: nn.Module) -> nn.Module:
-        return cls.objective_class(student)
+        return cls.objective_class(student, **cls.objective_kwargs(cfg))
 
     @classmethod
     def class_prior(cls, cfg: CfgNode) -> torch.Tensor:
@@ -643,7 +223,6 @@ class HierVLTrainer(DefaultTrainer):
     @classmethod
     def step_kwargs(cls, cfg: CfgNode) -> Dict:
         """Keyword arguments of :attr:`step_class` read from ``cfg``."""
-        clip = cfg.SOLVER.CLIP_GRADIENTS
         amp_dtype = None
         if cfg.SOLVER.AMP.ENABLED:
             if cfg.SOLVER.AMP.DTYPE not in AMP_DTYPES:
@@ -661,18 +240,8 @@ class HierVLTrainer(DefaultTrainer):
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,
             "unsup_rampup_iters": cfg.SEMI.UNSUP_RAMPUP_ITERS,
             "teacher_flip": cfg.SEMI.TEACHER_FLIP,
-            "feature_dropout": cfg.SEMI.FEATURE_DROPOUT,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
-            "amp_dtype": amp_dtype,
-            "clip_gradients": (
-                {
-                    "clip_type": clip.CLIP_TYPE,
-                    "clip_value": clip.CLIP_VALUE,
-                    "norm_type": clip.NORM_TYPE,
-                }
-                if clip.ENABLED
-                else None
-            ),
+            "precision": amp_dtype,
         }
 
     @classmethod
@@ -727,7 +296,7 @@ class HierVLTrainer(DefaultTrainer):
         """Resume from ``OUTPUT_DIR``'s last checkpoint (all states), or load ``MODEL.WEIGHTS``
         into the student; the teacher starts as a copy of the student unless resumed.
 
-        First ``OUTPUT_DIR`` is claimed (:func:`~hiervl.engine.checkpoint.claim_output_dir`):
+        First ``OUTPUT_DIR`` is claimed (:func:`~hiervl.engine.output_dir.claim_output_dir`):
         locked for this run, cleaned of dead runs' temporary files, and refused when it holds
         another run's checkpoints that this run would overwrite (``SOLVER.OVERWRITE_OUTPUT_DIR``
         allows it). The checkpoint must fit the model whole; ``MODEL.WEIGHTS_ALLOW_PARTIAL``

@@ -5,7 +5,6 @@ from .sem_seg_evaluation import (
     METRICS_FILE_NAME,
     HierVLSemSegEvaluator,
     build_semseg_evaluator,
-    load_semseg_mask,
     per_class_table,
 )
 
@@ -14,6 +13,5 @@ __all__ = [
     "METRICS_FILE_NAME",
     "HierVLSemSegEvaluator",
     "build_semseg_evaluator",
-    "load_semseg_mask",
     "per_class_table",
 ]

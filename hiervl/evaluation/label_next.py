@@ -29,7 +29,7 @@ from detectron2.data.detection_utils import read_image
 from tqdm import tqdm
 
 from .predictor import HierVLPredictor
-from .sem_seg_evaluation import load_semseg_mask
+from hiervl.data.image_io import load_semseg_mask
 from .visualization import caption, draw_semseg, side_by_side
 
 __all__ = [

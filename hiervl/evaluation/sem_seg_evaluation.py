@@ -3,10 +3,11 @@
 ``HierVLSemSegEvaluator`` keeps detectron2's metric definitions (mIoU, fwIoU, mACC, pACC,
 per-class IoU / ACC, boundary IoU) and adds three things:
 
-- ground truth is read with a loader that works under NumPy 1 and NumPy 2 (detectron2 0.7.2
-  reads masks with ``np.array(..., copy=False)``, an error under NumPy 2) and that rejects,
-  naming the files, masks it cannot read, masks holding ids outside ``0..C-1`` and the ignore
-  label, and masks whose size is not the prediction's (the image's size as read);
+- ground truth is read with ``hiervl.data.image_io.load_semseg_mask``, which works under
+  NumPy 1 and NumPy 2 (detectron2 0.7.2 reads masks with ``np.array(..., copy=False)``, an
+  error under NumPy 2); masks it cannot read, masks holding ids outside ``0..C-1`` and the
+  ignore label, and masks whose size is not the prediction's (the image's size as read) are
+  rejected, naming the files;
 - a per-class IoU / ACC table (tabulate) in the log;
 - ``metrics.json`` in the output folder: the metrics, the per-class rows and the confusion
   matrix, one JSON object (NaN written as ``null``).
@@ -24,15 +25,13 @@ from detectron2.config import CfgNode
 from detectron2.evaluation import SemSegEvaluator
 from detectron2.utils.comm import is_main_process
 from detectron2.utils.file_io import PathManager
-from PIL import Image
 from tabulate import tabulate
 
-from hiervl.data.image_io import ImageReadError
+from hiervl.data.image_io import load_semseg_mask
 
 __all__ = [
     "HierVLSemSegEvaluator",
     "build_semseg_evaluator",
-    "load_semseg_mask",
     "per_class_table",
     "METRICS_FILE_NAME",
 ]
@@ -40,38 +39,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METRICS_FILE_NAME = "metrics.json"
-
-
-def load_semseg_mask(file_name: str, dtype=np.int64) -> np.ndarray:
-    """Read a label mask (train ids, ``255`` = ignore) into a writable array.
-
-    Works under NumPy 1 and 2: the decoded image is always copied (``np.array`` default), so the
-    caller may edit the result in place (``SemSegEvaluator.process`` does).
-
-    Args:
-        file_name: path of a single-channel (``L``, ``I`` or palette ``P``) PNG.
-        dtype: dtype of the returned array.
-
-    Returns:
-        ``[H, W]`` array of ``dtype``.
-    """
-    try:
-        with PathManager.open(file_name, "rb") as f:
-            image = Image.open(f)
-            image.load()
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageReadError(
-            f"{file_name}: cannot read ground-truth mask ({type(e).__name__}: {e})"
-        ) from e
-    if image.mode not in ("L", "P", "I", "I;16", "1"):
-        raise ValueError(
-            f"Ground-truth mask {file_name} has image mode {image.mode!r}; expected a "
-            "single-channel mask of train ids (L, P or I). Convert colour masks with the "
-            "dataset's preparation tool first."
-        )
-    return np.array(image, dtype=dtype)
 
 
 def _nan_to_none(value):

@@ -1,21 +1,27 @@
-"""Loading weights: whole checkpoints only, the EMA teacher when the checkpoint holds one.
+"""HierVL checkpoints, loaded and saved: one module for the file format.
 
-The semi-supervised trainer saves the teacher's ``state_dict`` under ``TEACHER_CHECKPOINT_KEY``
-next to detectron2's ``"model"`` (the student). Evaluation (``train_net.py --eval-only``), the
-demo and the visualisation tools all load through :func:`load_inference_weights`, so "teacher
-if present" has one implementation.
-
-Every HierVL checkpointer derives from :class:`StrictCheckpointer`: a file that is not a
-checkpoint, and a checkpoint that does not fit the model (a parameter missing from it, or of
-another shape), are errors that name the file and the first offending keys, instead of
+Loading. Every HierVL checkpointer derives from :class:`StrictCheckpointer`: a file that is
+not a checkpoint, and a checkpoint that does not fit the model (a parameter missing from it,
+or of another shape), are errors that name the file and the first offending keys, instead of
 detectron2's "Skip loading parameter" warnings and a half-initialised model. A deliberate
 partial load (training from weights of a part of the model) is an explicit option.
+Evaluation (``train_net.py --eval-only``), the demo and the tools all load through
+:func:`load_inference_weights`, so "the EMA teacher if present" has one implementation.
+
+Saving. The semi-supervised trainer saves the teacher's ``state_dict`` under
+``TEACHER_CHECKPOINT_KEY`` next to detectron2's ``"model"`` (the student), with
+:class:`AtomicCheckpointer`: the checkpoint and the ``last_checkpoint`` tag are written to a
+temporary file (``TEMPORARY_NAME``) and renamed over the target (a save killed half-way never
+leaves a truncated checkpoint; a failed save removes its temporary file), and only from finite
+weights.
 """
 
 import logging
+import os
 import pickle
+import re
 from collections.abc import Mapping
-from typing import Any, Dict, List, Tuple
+from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -25,9 +31,14 @@ from fvcore.common.checkpoint import _filter_reused_missing_keys
 __all__ = [
     "ACCEPTED_CHECKPOINTS",
     "TEACHER_CHECKPOINT_KEY",
+    "TEMPORARY_NAME",
+    "AtomicCheckpointer",
     "CheckpointError",
     "HierVLCheckpointer",
+    "ModuleState",
     "StrictCheckpointer",
+    "all_finite",
+    "first_non_finite",
     "load_inference_weights",
 ]
 
@@ -44,6 +55,9 @@ ACCEPTED_CHECKPOINTS = (
 
 # How many offending keys an error message lists.
 _LISTED_KEYS = 5
+
+# Temporary files of an atomic save: "<target>.tmp.<pid>" (the pid of the writing process).
+TEMPORARY_NAME = re.compile(r"^.+\.tmp\.(\d+)$")
 
 # First bytes of the files torch.save writes: a zip archive (torch >= 1.6) or a pickle of
 # protocol 2+ (legacy format).
@@ -264,3 +278,94 @@ def load_inference_weights(
     which = "teacher" if checkpointer.loaded_teacher else "student"
     logger.info("Loaded the %s weights of %s", which, weights)
     return which
+
+
+# ---- saving -----------------------------------------------------------------------------------
+
+
+def _atomic_write(path: str, write: Callable[[IO], None]) -> None:
+    """``write(f)`` into ``<path>.tmp.<pid>``, then rename it over ``path``; the temporary
+    file is removed when writing fails (full disk, file-size limit, an exception)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # any failure, KeyboardInterrupt included: no partial file stays behind
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def all_finite(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """0-dim bool tensor: the total L2 norm of ``tensors`` is finite, i.e. no element is NaN or
+    inf (and the norm does not overflow float32: weights of ~1e19 count as broken too). One
+    fused pass per device and dtype (``torch._foreach_norm`` under ``get_total_norm``)."""
+    if not tensors:
+        return torch.tensor(True)
+    return torch.isfinite(torch.nn.utils.get_total_norm(tensors, 2.0))
+
+
+def first_non_finite(named: Iterable[Tuple[str, torch.Tensor]]) -> Tuple[Optional[str], int]:
+    """Name of the first floating-point tensor of ``named`` with a NaN or inf (or whose norm
+    overflows), and how many such tensors there are; ``(None, 0)`` when all are finite."""
+    items = [(n, t.detach()) for n, t in named if torch.is_tensor(t) and t.is_floating_point()]
+    if bool(all_finite([t for _, t in items])):
+        return None, 0
+    bad = [n for n, t in items if not bool(all_finite([t]))]
+    if not bad:  # only the norm over all of them overflows
+        return "(none alone: their total norm overflows)", len(items)
+    return bad[0], len(bad)
+
+
+class AtomicCheckpointer(StrictCheckpointer):
+    """The trainer's checkpointer: :class:`StrictCheckpointer` (whole-checkpoint loads) whose checkpoint and ``last_checkpoint`` tag are written
+    atomically (a temporary file in the same folder renamed over the target), and only from
+    finite weights: a NaN or inf in the ``model`` or ``teacher`` entry raises
+    ``FloatingPointError`` and nothing is written, so ``last_checkpoint`` keeps naming the
+    last good checkpoint. Local folders only (``OUTPUT_DIR``)."""
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data: Dict[str, Any] = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        os.makedirs(self.save_dir, exist_ok=True)
+        save_file = os.path.join(self.save_dir, basename)
+        for entry in ("model", TEACHER_CHECKPOINT_KEY):
+            bad, count = first_non_finite(data.get(entry, {}).items())
+            if bad is not None:
+                last = self.get_checkpoint_file() if self.has_checkpoint() else "none"
+                raise FloatingPointError(
+                    f"Not saving {save_file}: {count} tensors of its {entry!r} weights are not "
+                    f"finite, the first {bad}. last_checkpoint still names the last good "
+                    f"checkpoint ({last})."
+                )
+        self.logger.info("Saving checkpoint to %s", save_file)
+        _atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        path = os.path.join(self.save_dir, "last_checkpoint")
+        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+
+
+class ModuleState:
+    """Checkpointable view of a module that records whether a checkpoint was loaded into it."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+        self.loaded = False
+
+    def state_dict(self) -> Dict[str, torch.Tensor]:
+        return self.module.state_dict()
+
+    def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        self.module.load_state_dict(state)
+        self.loaded = True

@@ -54,7 +54,7 @@ def test_config_recipe_and_datasets(dataset, n):
     assert list(cfg.MODEL.HIERVL.TEST.CROP_SIZE) == [crop, crop]
     assert list(cfg.MODEL.HIERVL.TEST.STRIDE) == [crop // 2, crop // 2]
     assert cfg.SOLVER.BASE_LR == pytest.approx(lr)
-    assert cfg.MODEL.HIERVL.CLIP.BACKBONE_MULTIPLIER == pytest.approx(mult)
+    assert cfg.SOLVER.BACKBONE_MULTIPLIER == pytest.approx(mult)
     assert cfg.SOLVER.IMS_PER_BATCH == 8 and cfg.SEMI.IMS_PER_BATCH_UNLABELED == 8
     assert cfg.SOLVER.MAX_ITER == epochs * math.ceil((n_train - n) / 8)
     mode = "weight" if dataset == "cityscapes" else "threshold"

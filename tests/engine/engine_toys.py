@@ -20,9 +20,10 @@ TOY_CLASSES = ["background", "red", "green"]
 
 
 class EngineToySegModel(nn.Module):
-    """HierVL's forward contract on a 3x3 conv: losses in training, ``[{"sem_seg"}]`` in
-    inference, ``semantic_probs`` for the teacher. A float buffer counts training forwards so
-    that the EMA of buffers is exercised."""
+    """HierVL's contract on a 3x3 conv: losses of labelled dicts in training (``forward``) and
+    of pseudo-labelled batches (``losses``), ``[{"sem_seg"}]`` in inference, ``semantic_probs``
+    for the teacher. A float buffer counts training forwards so that the EMA of buffers is
+    exercised."""
 
     @configurable
     def __init__(self, *, num_classes: int, pixel_mean, pixel_std):
@@ -50,27 +51,35 @@ class EngineToySegModel(nn.Module):
         return self.logits(images).softmax(1)
 
     def forward(self, batched_inputs: List[Dict]):
-        images = torch.stack(
-            [(x["image"].float() - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        )
-        logits = self.logits(images)
         if not self.training:
+            images = torch.stack([self._normalize(x["image"]) for x in batched_inputs])
             out = []
-            for x, lg in zip(batched_inputs, logits):
+            for x, lg in zip(batched_inputs, self.logits(images)):
                 h, w = x.get("height", lg.shape[-2]), x.get("width", lg.shape[-1])
                 out.append(
                     {"sem_seg": F.interpolate(lg[None], (h, w), mode="bilinear")[0].softmax(0)}
                 )
             return out
+        images = [x["image"] for x in batched_inputs]
+        losses, _ = self.losses(images, [x["sem_seg"] for x in batched_inputs], labeled=True)
+        return losses
+
+    def _normalize(self, image: torch.Tensor) -> torch.Tensor:
+        return (image.float() - self.pixel_mean) / self.pixel_std
+
+    def losses(self, images, sem_seg, *, labeled, weights=None, absent=None, **kwargs):
+        """``HierVL.losses``' contract: per-pixel weighted cross-entropy (``labeled`` and
+        ``absent`` change nothing here), no outputs."""
         self.forward_count += 1
+        logits = self.logits(torch.stack([self._normalize(x) for x in images]))
         per_image = []
-        for x, lg in zip(batched_inputs, logits):
-            target = x["sem_seg"].long()
-            weight = x.get("sem_seg_weight", torch.ones(target.shape)).float()
+        for i, (lg, target) in enumerate(zip(logits, sem_seg)):
+            target = target.long()
+            weight = torch.ones(target.shape) if weights is None else weights[i].float()
             ce = F.cross_entropy(lg[None], target[None], ignore_index=255, reduction="none")[0]
             valid = (target != 255).float()
             per_image.append((ce * weight * valid).sum() / valid.sum().clamp(min=1))
-        return {"loss_ce": torch.stack(per_image).mean()}
+        return {"loss_ce": torch.stack(per_image).mean()}, {}
 
 
 if TOY_ARCH not in META_ARCH_REGISTRY:
@@ -144,6 +153,7 @@ def toy_config(root: str, output_dir: str, **solver):
     cfg.SEMI.IMS_PER_BATCH_UNLABELED = 2
     cfg.SEMI.CONF_THRESHOLD = 0.4
     cfg.SEMI.CUTMIX_PROB = 1.0
+    cfg.SEMI.ENTROPY_WEIGHT = 0.0  # the toy has no mask-classification outputs to take it of
     cfg.SOLVER.BASE_LR = 0.01
     cfg.SOLVER.WARMUP_ITERS = 2
     cfg.SOLVER.MAX_ITER = 4

@@ -17,8 +17,13 @@ from detectron2.utils.env import seed_all_rng
 from engine_toys import toy_config
 
 from hiervl.engine import HierVLTrainer
-from hiervl.engine.checkpoint import LOCK_FILE, AtomicCheckpointer, OutputDirError
-from hiervl.utils.checkpoint import CheckpointError, load_inference_weights
+from hiervl.engine.output_dir import LOCK_FILE, OutputDirError
+from hiervl.utils.checkpoint import (
+    TEACHER_CHECKPOINT_KEY,
+    AtomicCheckpointer,
+    CheckpointError,
+    load_inference_weights,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -70,7 +75,7 @@ def _tiny_model(**overrides):
 def test_checkpoint_of_another_model_size_is_an_error(tmp_path):
     small = _tiny_model()
     path = str(tmp_path / "small.pth")
-    torch.save({"model": small.state_dict(), "teacher": small.state_dict()}, path)
+    torch.save({"model": small.state_dict(), TEACHER_CHECKPOINT_KEY: small.state_dict()}, path)
     wider = _tiny_model(MODEL__HIERVL__DECODER__HIDDEN_DIM=48)
     with pytest.raises(CheckpointError) as info:
         load_inference_weights(wider, path)
@@ -214,7 +219,7 @@ def test_temporary_file_of_a_killed_save_is_removed_at_the_next_start(tmp_path):
         """
         import sys, time, torch
         from torch import nn
-        from hiervl.engine.checkpoint import AtomicCheckpointer
+        from hiervl.utils.checkpoint import AtomicCheckpointer
 
         real_save = torch.save
 
@@ -258,7 +263,7 @@ def test_failed_save_removes_its_partial_file(tmp_path):
         import resource, signal, sys
         import torch
         from torch import nn
-        from hiervl.engine.checkpoint import AtomicCheckpointer
+        from hiervl.utils.checkpoint import AtomicCheckpointer
 
         checkpointer = AtomicCheckpointer(nn.Linear(512, 512), sys.argv[1])
         checkpointer.save("model_0000000")  # 1 MB: fits
@@ -319,7 +324,7 @@ def test_second_run_into_a_busy_output_dir_is_refused_until_the_first_dies(tmp_p
     holder = _python(
         """
         import sys, time
-        from hiervl.engine.checkpoint import claim_output_dir
+        from hiervl.engine.output_dir import claim_output_dir
 
         claim_output_dir(sys.argv[1], resume=False)
         print("claimed", flush=True)

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from detectron2.config import get_cfg
 from torch import nn
 
-from hiervl.engine import build_param_groups, build_poly_lr_scheduler, clip_gradients
+from hiervl.engine import build_param_groups, build_poly_lr_scheduler, optimizer_with_clipping
 
 
 class _Net(nn.Module):
@@ -47,14 +48,15 @@ def test_param_groups_lr_and_decay():
 
 def test_real_hiervl_only_pretrained_clip_gets_backbone_multiplier():
     """Every trainable parameter of the tiny HierVL and its lr: exactly the pretrained CLIP
-    visual tower is fine-tuned at BACKBONE_MULTIPLIER; the feature pyramid inside the image
-    encoder (new layers feeding the pixel decoder) and everything else train at the head lr."""
+    visual tower is fine-tuned at SOLVER.BACKBONE_MULTIPLIER; the feature pyramid inside the
+    image encoder (new layers feeding the pixel decoder) and everything else train at the head
+    lr."""
     from detectron2.modeling import build_model
 
     from hiervl.engine import HierVLTrainer
     from hiervl.utils.testing import tiny_config
 
-    cfg = tiny_config(MODEL__HIERVL__CLIP__BACKBONE_MULTIPLIER=0.01)
+    cfg = tiny_config(SOLVER__BACKBONE_MULTIPLIER=0.01)
     base, head = cfg.SOLVER.BASE_LR, cfg.SOLVER.BASE_LR * cfg.SOLVER.HEAD_MULTIPLIER
     torch.manual_seed(0)
     model = build_model(cfg)
@@ -91,10 +93,32 @@ def test_poly_schedule_with_warmup():
     assert all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
 
 
-def test_clip_full_model_norm():
-    a, b = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(1))
-    a.grad, b.grad = torch.tensor([3.0]), torch.tensor([4.0])
-    clip_gradients([a, b], clip_type="full_model", clip_value=1.0, norm_type=2.0)
+def _clipping_optimizer(clip_type, clip_value=1.0):
+    cfg = get_cfg()
+    cfg.SOLVER.CLIP_GRADIENTS.ENABLED = True
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = clip_type
+    cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = clip_value
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(1))
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0])
+    # lr 0: the step leaves the weights, only the clipping shows (in the gradients)
+    return optimizer_with_clipping(cfg, torch.optim.SGD)([a, b], lr=0.0), a, b
+
+
+def test_optimizer_clips_the_full_model_norm_as_mask2former():
+    opt, a, b = _clipping_optimizer("full_model")
+    opt.step()
     assert torch.cat([a.grad, b.grad]).norm().item() == pytest.approx(1.0, rel=1e-4)
-    with pytest.raises(ValueError):
-        clip_gradients([a], clip_type="nope", clip_value=1.0, norm_type=2.0)
+    assert a.grad[0] / b.grad[0] == pytest.approx(3.0 / 4.0)  # one factor for all
+
+
+def test_optimizer_clips_per_parameter_with_detectron2():
+    opt, a, b = _clipping_optimizer("norm")
+    opt.step()
+    assert a.grad.norm().item() == pytest.approx(1.0) and b.grad.item() == pytest.approx(1.0)
+    opt, a, b = _clipping_optimizer("value", clip_value=2.0)
+    opt.step()
+    assert a.grad.tolist() == [2.0, 0.0] and b.grad.tolist() == [2.0]
+    with pytest.raises(ValueError, match="CLIP_TYPE"):
+        _clipping_optimizer("nope")
+    cfg = get_cfg()
+    assert optimizer_with_clipping(cfg, torch.optim.SGD) is torch.optim.SGD  # clipping off

@@ -192,3 +192,21 @@ def test_unsup_rampup_rises_from_zero_to_one():
     assert unsup_rampup(100, 100) == 1.0 and unsup_rampup(1000, 100) == 1.0
     values = [unsup_rampup(t, 100) for t in range(0, 101, 10)]
     assert values == sorted(values)
+
+
+def test_prediction_entropy_of_the_normalised_class_distribution():
+    """The unlabelled objective's entropy term: ``S(c, x)`` over the kept rows, normalised over
+    the classes, then the mean per-pixel entropy."""
+    from hiervl.engine import prediction_entropy
+
+    num_classes = 4
+    logits = torch.zeros(1, 2, num_classes + 1)  # every row: uniform over the classes
+    masks = torch.full((1, 2, 3, 5), 20.0)  # every row covers every pixel
+    keep = torch.tensor([[True, True]])
+    outputs = {"pred_logits": logits, "pred_masks": masks, "keep": keep}
+    assert float(prediction_entropy(outputs)) == pytest.approx(math.log(num_classes), rel=1e-5)
+    # one kept row sure of class 2: a one-hot distribution, no entropy
+    logits[0, 0, 2] = 30.0
+    keep = torch.tensor([[True, False]])
+    outputs = {"pred_logits": logits, "pred_masks": masks, "keep": keep}
+    assert float(prediction_entropy(outputs)) == pytest.approx(0.0, abs=1e-5)

@@ -108,18 +108,17 @@ def test_feature_dropout_reaches_the_strong_views_only(tmp_path):
     trainer = _train(cfg)
     step = trainer._trainer
     seen = []
-    original = step.model.forward
+    original = step.student.losses
 
-    def spy(labeled, unlabeled=None, *args, **kwargs):
-        seen.append((labeled, unlabeled))
-        return original(labeled, unlabeled, *args, **kwargs)
+    def spy(images, sem_seg, **kwargs):
+        seen.append(kwargs)
+        return original(images, sem_seg, **kwargs)
 
-    step.model.forward = spy
-    batch = step.unlabeled_loader.next()
-    step.compute_losses(step.labeled_loader.next(), batch)
-    labeled, unlabeled = seen[0]
-    assert all("feature_dropout" not in d for d in labeled)
-    assert [d["feature_dropout"] for d in unlabeled] == [0.5] * len(batch)
+    step.student.losses = spy
+    step.compute_losses(step.labeled_loader.next(), step.unlabeled_loader.next())
+    labeled, unlabeled = seen
+    assert labeled["labeled"] and labeled.get("feature_dropout", 0.0) == 0.0
+    assert not unlabeled["labeled"] and unlabeled["feature_dropout"] == 0.5
     cfg.SEMI.FEATURE_DROPOUT = 1.0
     with pytest.raises(ValueError, match="FEATURE_DROPOUT"):
         HierVLTrainer(cfg)
@@ -163,18 +162,19 @@ def test_cutmix_with_a_mix_batch_at_one_unlabelled_image_per_process(tmp_path):
 
     # the mixed view, its pseudo-label and its padding come from the partner inside the box
     step.teacher_probs = _ContentTeacher()
-    prep = step.prepare_unlabeled([_views(0)], [_views(200)])
-    box = prep["cutmix"][0]
+    batch = step.prepare_unlabeled([_views(0)], [_views(200)])
+    box = batch.cutmix[0]
     assert box.any() and not box.all()
-    strong = prep["strong_mixed"][0]
+    strong = batch.strong_mixed[0]
     assert (strong[:, box] == 201).all() and (strong[:, ~box] == 1).all()
-    targets = prep["targets"][0]
+    targets = batch.targets[0]
     assert (targets[~box] == 0).all()  # confident own pixels
     assert (targets[box] == 255).all()  # the partner's unsure pixels (0.7 < 0.9)
-    assert prep["labels"][0].eq(0).all()  # un-mixed labels: the image's own
+    assert batch.labels[0].eq(0).all()  # un-mixed labels: the image's own
+    assert batch.conf_threshold == 0.9 and batch.class_thresholds is None
     # no partner, no box
-    prep = step.prepare_unlabeled([_views(0)])
-    assert not prep["cutmix"].any() and prep["strong_mixed"].eq(1).all()
+    batch = step.prepare_unlabeled([_views(0)])
+    assert not batch.cutmix.any() and batch.strong_mixed.eq(1).all()
 
 
 def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
@@ -185,16 +185,40 @@ def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
     step = _train(cfg)._trainer
     step.teacher_probs = _ContentTeacher()
     step.cutmix_prob = 0.0
-    prep = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
+    batch = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
     # every pixel is class 0 at 0.97: classes 1 (0.03 < 0.1) and 2 (0) are known absent
-    assert prep["absent"].tolist() == [[False, True, True]] * 2
-    inputs = step.strong_inputs([{}, {}], prep)
-    assert [d["absent_classes"].tolist() for d in inputs] == [[False, True, True]] * 2
+    assert batch.absent.tolist() == [[False, True, True]] * 2
+    # the unlabelled objective hands them, and the confidence weights, to the student
+    seen = {}
+    original = step.student.losses
+
+    def spy(images, sem_seg, **kwargs):
+        seen.update(kwargs)
+        return original(images, sem_seg, **kwargs)
+
+    step.student.losses = spy
+    step.model(step.labeled_loader.next(), batch)
+    assert seen["absent"] is batch.absent and seen["weights"] is batch.weights
     # a box from the unsure partner: classes 1 and 2 may be in it, so they are unknown
     step.cutmix_prob = 1.0
-    prep = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
-    assert prep["cutmix"].flatten(1).any(1).all()
-    assert prep["absent"].tolist() == [[False, False, False]] * 2
+    batch = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
+    assert batch.cutmix.flatten(1).any(1).all()
+    assert batch.absent.tolist() == [[False, False, False]] * 2
+
+
+def test_unlabeled_batch_carries_the_class_balanced_thresholds(tmp_path):
+    """The thresholds that made the targets travel with them (HVLFormer's step reads the
+    record whole instead of rebuilding it field by field)."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.CONF_THRESHOLD = 0.9
+    cfg.SEMI.CLASS_BALANCED_RATIO = 0.5
+    step = _train(cfg)._trainer
+    step.teacher_probs = _ContentTeacher()
+    step.cutmix_prob = 0.0
+    batch = step.prepare_unlabeled([_views(200), _views(0)], [_views(0), _views(0)])
+    # class 1 (the bright image's label at 0.7) keeps its pixels at a threshold of 0.7
+    assert batch.class_thresholds.tolist() == pytest.approx([0.9, 0.7, 0.9])
+    assert (batch.targets[0] == 1).all() and (batch.targets[1] == 0).all()
 
 
 def test_supervised_only(tmp_path):
@@ -259,6 +283,52 @@ def test_bf16_autocast_step(tmp_path):
     cfg.SOLVER.AMP.ENABLED = True
     cfg.SOLVER.AMP.DTYPE = "bfloat16"
     trainer = _train(cfg)
-    assert trainer._trainer.grad_scaler is None  # bf16 needs no loss scaling
+    assert not trainer._trainer.grad_scaler.is_enabled()  # bf16 needs no loss scaling
+    assert trainer._trainer.precision == torch.bfloat16
     latest = trainer.storage.latest()
     assert torch.isfinite(torch.tensor(latest["loss_ce_unsup"][0]))
+
+
+def test_fp16_autocast_step_scales_the_loss_and_saves_the_scaler(tmp_path):
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=2)
+    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.DTYPE = "float16"
+    trainer = _train(cfg)
+    assert trainer._trainer.grad_scaler.is_enabled()
+    assert torch.isfinite(torch.tensor(trainer.storage.latest()["loss_ce_unsup"][0]))
+    saved = torch.load(tmp_path / "out" / "model_final.pth", weights_only=False)
+    assert saved["trainer"]["_trainer"]["grad_scaler"]["scale"] > 1
+
+
+def test_step_resumes_a_trainer_state_without_a_grad_scaler(tmp_path):
+    """Runs without fp16 save an empty scaler state, and checkpoints written before the step
+    was detectron2's AMPTrainer have none (AMPTrainer's own load needs it): both resume."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    step = _train(cfg)._trainer
+    state = step.state_dict()
+    assert state["grad_scaler"] == {}
+    del state["grad_scaler"]
+    step.load_state_dict(state)
+    assert step.iter == state["iteration"]
+
+
+def test_auto_scale_workers_scales_the_unlabelled_stream_too(tmp_path):
+    """SOLVER.REFERENCE_WORLD_SIZE keeps the per-process batch of both streams: detectron2
+    scales the labelled batch, the learning rate and the iterations; the unlabelled batch and
+    the unlabelled losses' start and ramp-up follow the same factor."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=8)
+    cfg.SOLVER.REFERENCE_WORLD_SIZE = 2
+    cfg.SEMI.UNSUP_START_ITER, cfg.SEMI.UNSUP_RAMPUP_ITERS = 4, 2
+    scaled = HierVLTrainer.auto_scale_workers(cfg, 4)
+    assert (scaled.SOLVER.IMS_PER_BATCH, scaled.SEMI.IMS_PER_BATCH_UNLABELED) == (4, 4)
+    assert (scaled.SOLVER.MAX_ITER, scaled.SEMI.UNSUP_START_ITER) == (4, 2)
+    assert scaled.SEMI.UNSUP_RAMPUP_ITERS == 1
+    assert scaled.SOLVER.BASE_LR == pytest.approx(2 * cfg.SOLVER.BASE_LR)
+    # the trainer applies it: one process of a config written for two
+    trainer = HierVLTrainer(cfg)
+    step = trainer._trainer
+    assert step.labeled_loader.global_batch == step.unlabeled_loader.global_batch == 1
+    assert step.mix_loader.global_batch == 1 and step.unsup_start_iter == 8
+    cfg.SEMI.IMS_PER_BATCH_UNLABELED = 3
+    with pytest.raises(ValueError, match="IMS_PER_BATCH_UNLABELED"):
+        HierVLTrainer.auto_scale_workers(cfg, 4)

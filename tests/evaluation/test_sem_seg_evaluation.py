@@ -11,7 +11,8 @@ import torch
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
-from hiervl.evaluation import build_semseg_evaluator, load_semseg_mask
+from hiervl.data.image_io import load_semseg_mask
+from hiervl.evaluation import build_semseg_evaluator
 from hiervl.utils.testing import tiny_config
 
 CLASSES = ["sky", "tree", "road"]

@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hiervl.utils.flops import count_flops, mfu, peak_tflops_for
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+from benchmark_common import count_flops, mfu, peak_tflops_for  # noqa: E402  (tools/)
+
 NUMBER = r"[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 
 

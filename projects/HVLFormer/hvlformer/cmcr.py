@@ -143,8 +143,8 @@ def cmcr_losses(
     valid: torch.Tensor,
     class_weight: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
-    """CMCR between two views' outputs (``HierVL.view_outputs`` / ``forward(...,
-    return_outputs=True)``): :func:`cmcr_layer_losses` averaged over the decoder layers, and
+    """CMCR between two views' outputs (``HierVL.view_outputs`` / ``HierVL.losses(...,
+    return_attn=True)``): :func:`cmcr_layer_losses` averaged over the decoder layers, and
     :func:`attention_consistency` of their ``cmsam_attn`` (``"attn"`` only when both views
     have CMSAM attention maps). Rows take part when kept in both views (``keep``)."""
     layers = list(zip(decoder_layers(target_outputs), decoder_layers(pred_outputs)))

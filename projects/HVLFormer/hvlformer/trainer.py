@@ -16,7 +16,13 @@ from typing import Dict, List, Optional
 import torch
 from detectron2.config import CfgNode
 
-from hiervl.engine import HierVLTrainer, SemiSupervisedObjective, SemiSupervisedStep, stack_views
+from hiervl.engine import (
+    HierVLTrainer,
+    SemiSupervisedObjective,
+    SemiSupervisedStep,
+    UnlabeledBatch,
+    stack_views,
+)
 
 from .cmcr import cmcr_losses
 
@@ -26,39 +32,32 @@ __all__ = ["HVLFormerObjective", "HVLFormerStep", "HVLFormerTrainer"]
 class HVLFormerObjective(SemiSupervisedObjective):
     """Core objective + CMCR, in one forward (DDP-safe)."""
 
-    def __init__(self, model, *, mask_weight: float, class_weight: float, attn_weight: float):
+    def __init__(self, model, *, mask_weight: float, class_weight: float, attn_weight: float, **kw):
         """
         Args:
-            model: the student META_ARCH (``forward(..., return_outputs=True)`` and
+            model: the student META_ARCH (``losses(..., return_attn=True)`` and
                 ``view_outputs``).
             mask_weight, class_weight, attn_weight: weights of the three CMCR terms.
+            kw: the core objective's (``entropy_weight``, ``feature_dropout``).
         """
-        super().__init__(model)
+        super().__init__(model, **kw)
         self.weights = {"mask": mask_weight, "class": class_weight, "attn": attn_weight}
 
-    def forward(
-        self,
-        labeled: List[dict],
-        unlabeled: Optional[List[dict]] = None,
-        unsup_weight: float = 1.0,
-        views: Optional[Dict] = None,
+    def unlabeled_losses(
+        self, batch: UnlabeledBatch, views: Optional[Dict[str, torch.Tensor]] = None
     ) -> Dict[str, torch.Tensor]:
-        """
+        """The core unlabelled terms plus CMCR (``loss_cmcr_{mask,class,attn}_{weak,strong}``).
+
         Args:
-            labeled, unlabeled, unsup_weight: as in :class:`SemiSupervisedObjective`.
+            batch: the step's pseudo-labelled strong views.
             views: ``original`` / ``weak`` uint8 ``[B, 3, H, W]`` images (the strong views'
                 size), ``valid`` ``[B, H, W]`` bool, ``strong_valid`` ``[B, H, W]`` bool,
-                ``strong_class_weight`` ``[B]``; None = the core objective.
-
-        Returns:
-            loss dict; CMCR terms are ``loss_cmcr_{mask,class,attn}_{weak,strong}``.
+                ``strong_class_weight`` ``[B]``; None = the core terms only.
         """
-        if not unlabeled or views is None:
-            return super().forward(labeled, unlabeled, unsup_weight)
-        losses = dict(self.model(labeled))
-        strong_losses, strong_out = self.model(unlabeled, return_outputs=True)
-        for name, value in strong_losses.items():
-            losses[f"{name}_unsup"] = value * unsup_weight
+        if views is None:
+            return super().unlabeled_losses(batch)
+        strong_losses, strong_out = self.strong_view_losses(batch, return_attn=True)
+        losses = {f"{name}_unsup": value for name, value in strong_losses.items()}
         with torch.no_grad():
             original_out = self.model.view_outputs(views["original"])
         weak_out = self.model.view_outputs(views["weak"])
@@ -70,7 +69,7 @@ class HVLFormerObjective(SemiSupervisedObjective):
         }
         for view, terms in pairs.items():
             for term, value in terms.items():
-                losses[f"loss_cmcr_{term}_{view}"] = value * self.weights[term] * unsup_weight
+                losses[f"loss_cmcr_{term}_{view}"] = value * self.weights[term]
         return losses
 
 
@@ -90,22 +89,21 @@ class HVLFormerStep(SemiSupervisedStep):
         if unlabeled_batch is None:
             return super().compute_losses(labeled, None)
         # the core step's pseudo-labels, CutMix and strong views (one code path)
-        prep = self.prepare_unlabeled(unlabeled_batch, mix_batch)
-        strong = self.strong_inputs(unlabeled_batch, prep)
+        batch = self.prepare_unlabeled(unlabeled_batch, mix_batch)
         weak_images, _ = stack_views(
-            [d["image_weak"] for d in unlabeled_batch], size=prep["weak"].shape[-2:]
+            [d["image_weak"] for d in unlabeled_batch], size=batch.weak.shape[-2:]
         )
-        valid = (prep["conf"] >= self.cmcr_conf_threshold) & ~prep["ignore"]
+        valid = (batch.conf >= self.cmcr_conf_threshold) & ~batch.ignore
         views = {
-            "original": prep["weak"],
+            "original": batch.weak,
             "weak": weak_images,
             "valid": valid,
-            "strong_valid": valid & ~prep["cutmix"],
-            "strong_class_weight": (~prep["cutmix"].flatten(1).any(1)).float(),
+            "strong_valid": valid & ~batch.cutmix,
+            "strong_class_weight": (~batch.cutmix.flatten(1).any(1)).float(),
         }
         with self.autocast():
-            loss_dict = self.model(labeled, strong, self.current_unsup_weight(), views)
-        stats = self.pseudo_label_stats(prep)
+            loss_dict = self.model(labeled, batch, self.current_unsup_weight(), views)
+        stats = self.pseudo_label_stats(batch)
         stats["semi/cmcr_valid_ratio"] = float(valid.float().mean())
         return loss_dict, stats
 
@@ -117,14 +115,14 @@ class HVLFormerTrainer(HierVLTrainer):
     step_class = HVLFormerStep
 
     @classmethod
-    def build_objective(cls, cfg: CfgNode, student):
+    def objective_kwargs(cls, cfg: CfgNode) -> Dict:
         hv = cfg.HVLFORMER
-        return HVLFormerObjective(
-            student,
-            mask_weight=hv.CMCR_MASK_WEIGHT,
-            class_weight=hv.CMCR_CLASS_WEIGHT,
-            attn_weight=hv.CMCR_ATTN_WEIGHT,
-        )
+        return {
+            **super().objective_kwargs(cfg),
+            "mask_weight": hv.CMCR_MASK_WEIGHT,
+            "class_weight": hv.CMCR_CLASS_WEIGHT,
+            "attn_weight": hv.CMCR_ATTN_WEIGHT,
+        }
 
     @classmethod
     def step_kwargs(cls, cfg: CfgNode) -> Dict:

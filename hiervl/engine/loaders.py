@@ -102,10 +102,6 @@ class ResumableLoader:
         self.batches = 0
         self._iter: Optional[Iterator[List[dict]]] = None
 
-    @property
-    def per_rank_batch(self) -> int:
-        return self.global_batch // comm.get_world_size()
-
     def _make_iter(self) -> Iterator[List[dict]]:
         sampler = StreamSampler(
             global_batch=self.global_batch,
