@@ -190,9 +190,9 @@ def _register(name: str, dicts: List[dict], metadata: Dict[str, Any]) -> None:
 # ---- one training run ------------------------------------------------------------------------
 
 
-def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, Dict[str, float]]:
+def train_and_eval_metrics(config_file: str, opts: List[str]) -> Dict[str, Dict[str, float]]:
     """Train with ``config_file`` + ``opts`` and return the final evaluation's metrics
-    (``sem_seg`` and, for a semi run, ``student/sem_seg``)."""
+    (``sem_seg`` and, for a semi run, ``student/sem_seg``: mIoU, per-class IoU, ...)."""
     cfg = load_config(config_file, opts)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(cfg.SEED)
@@ -202,6 +202,11 @@ def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, Dict[str, flo
     # the evaluation hook evaluates once more after the last step; reuse its results
     results = trainer._last_eval_results
     return {k: dict(v) for k, v in results.items() if isinstance(v, dict) and "mIoU" in v}
+
+
+def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
+    """The val mIoU of :func:`train_and_eval_metrics` per result key (``sem_seg``, ...)."""
+    return {k: v["mIoU"] for k, v in train_and_eval_metrics(config_file, opts).items()}
 
 
 def run_one(
@@ -239,7 +244,7 @@ def run_one(
     ]
     if method == "supervised":
         opts += ["SEMI.ENABLED", "False"]
-    results = train_and_eval(config_file, opts)
+    results = train_and_eval_metrics(config_file, opts)
     if method == "supervised":
         metrics = {"supervised": results["sem_seg"]}
     else:
