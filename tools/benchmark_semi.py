@@ -1,37 +1,198 @@
 #!/usr/bin/env python
-"""Supervised-only vs semi-supervised HierVL on the embedded demo dataset (not a timed test).
+"""Supervised-only vs semi-supervised HierVL over labelled budgets and seeds (not a timed test).
 
-Both runs use the same few labelled images (``hiervl_demo_train_<n>_labeled``), the same
-config (configs/demo/hiervl_demo.yaml), seed and number of steps; the semi-supervised run adds
-the unlabelled rest of the training split (EMA teacher, pseudo-labels). Repeated for each of
-``--seeds``; prints the val mIoU of both per seed (semi: teacher and student), their mean and
-sample standard deviation, and the teacher's gain over supervised-only training.
+For each labelled budget and each seed, both runs use the same labelled images, the same config,
+seed and number of steps; the semi-supervised run adds the unlabelled images (EMA teacher,
+pseudo-labels). The report gives, per budget, the val mIoU of both per seed (semi: teacher and
+student), their mean and sample standard deviation, the teacher's gain over supervised-only
+training, the headroom (supervised-only with the largest budget minus supervised-only with this
+one: what more labels bring) and the share of the headroom the unlabelled images recover; a
+plot (PNG) shows val mIoU against the number of labelled images, both methods, with error bars.
+
+Data, one of:
+
+- ``--folder PATH``: a folder dataset (docs/CUSTOM_DATA.md; default config
+  configs/custom/hiervl_folder_cpu.yaml). Its labelled training split is the pool: for each
+  seed one permutation of it is drawn, the first ``n`` images are the labelled set of budget
+  ``n`` (nested: the 10 are among the 20), and the rest of the pool plus the folder's own
+  unlabelled images are the unlabelled set. ``all`` = the whole pool (semi-supervised only when
+  the folder has unlabelled images). Evaluation on the folder's val split.
+- ``--pool LABELED [UNLABELED ...]``: registered dataset names with ``--config-file`` (e.g.
+  ``voc_sem_seg_train_1464_labeled``), drawn the same way; evaluation on the config's
+  ``DATASETS.TEST``.
+- neither: the embedded demo's fixed splits ``hiervl_demo_train_<n>_{labeled,unlabeled}``
+  (``--labeled 8`` or ``16``), the same labelled images for every seed.
 
     OMP_NUM_THREADS=1 python tools/benchmark_semi.py --labeled 8 --iters 600 --seeds 0 1 2 3 --jobs 2
+    OMP_NUM_THREADS=1 python tools/benchmark_semi.py --folder /path/to/camvid \\
+        --labeled 10 20 40 all --seeds 0 1 2 3 --jobs 2 --output output/benchmark_camvid
 
-``--jobs N`` runs N seeds at once, each in its own process (give each one thread, as above:
-the results of a seed depend on its thread count, not on the seeds beside it). The runs train
-into ``<output>/seed<N>/{supervised,semi}``; a re-run with the same ``--output`` trains over
-them (``SOLVER.OVERWRITE_OUTPUT_DIR``).
+``--jobs N`` runs N trainings at once, each in its own process (give each one thread, as
+above: the results of a run depend on its thread count, not on the runs beside it). The
+report, ``results.json`` (every run's metrics, per-class IoU included) and the plot are
+rewritten after every finished run, so a long benchmark that is stopped still leaves them. The
+runs train into ``<output>/labeled_<budget>/seed<N>/{supervised,semi}``; a re-run with the same
+``--output`` trains over them (``SOLVER.OVERWRITE_OUTPUT_DIR``).
 """
 import argparse
+import json
 import logging
 import multiprocessing
 import os
+import random
 import statistics
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Dict, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.logger import setup_logger
 
 from hiervl.config import load_config
+from hiervl.data.datasets.folder import load_or_create_splits
 from hiervl.engine import HierVLTrainer
 
 logger = logging.getLogger("hiervl.benchmark_semi")
 
+DEMO_CONFIG = "configs/demo/hiervl_demo.yaml"
+FOLDER_CONFIG = "configs/custom/hiervl_folder_cpu.yaml"
+ALL = "all"
+# Registered names of the drawn subsets inside each training process.
+LABELED_NAME, UNLABELED_NAME = "benchmark_semi_labeled", "benchmark_semi_unlabeled"
+# Result keys of one budget and seed, and their column titles.
+COLUMNS = (
+    ("supervised", "supervised-only"),
+    ("teacher", "semi teacher"),
+    ("student", "semi student"),
+)
 
-def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
+
+# ---- the data of each run --------------------------------------------------------------------
+
+
+@dataclass
+class Subset:
+    """The training data of one budget and seed.
+
+    Attributes:
+        budget: as asked (``"10"``, ``"all"``).
+        seed: SEED of the runs, also the seed of the draw.
+        labeled / unlabeled: dataset dicts drawn by the tool, or None when ``names`` holds
+            registered names (the demo's fixed splits).
+        names: registered ``(labelled, unlabelled)`` names used as they are.
+        num_labeled / num_unlabeled: image counts (counted from the data).
+    """
+
+    budget: str
+    seed: int
+    num_labeled: int
+    num_unlabeled: int
+    labeled: Optional[List[dict]] = None
+    unlabeled: Optional[List[dict]] = None
+    names: Optional[Tuple[str, str]] = None
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+
+def draw_subsets(
+    pool: Sequence[dict], extra_unlabeled: Sequence[dict], budgets: Sequence[str], seed: int
+) -> Dict[str, Tuple[List[dict], List[dict]]]:
+    """Nested labelled subsets of ``pool`` for one seed and their unlabelled complements.
+
+    One permutation of ``pool`` per seed (``random.Random(seed)``); budget ``n`` takes its first
+    ``n`` images, ``all`` the whole pool. The unlabelled set is the rest of the pool (their
+    masks stay in the dicts; the unlabelled mapper drops them) followed by ``extra_unlabeled``.
+
+    Returns:
+        ``{budget: (labelled dicts, unlabelled dicts)}``.
+    """
+    order = list(pool)
+    random.Random(seed).shuffle(order)
+    subsets = {}
+    for budget in budgets:
+        n = len(order) if budget == ALL else int(budget)
+        if not 0 < n <= len(order):
+            raise ValueError(f"labelled budget {budget}: the pool has {len(order)} images")
+        subsets[budget] = (order[:n], order[n:] + list(extra_unlabeled))
+    return subsets
+
+
+def _metadata(name: str) -> Dict[str, Any]:
+    """The pool's metadata (classes, colours, ignore label, descriptions) for its subsets."""
+    meta = MetadataCatalog.get(name).as_dict()
+    for key in ("name", "split_file"):  # the subsets have their own name and no split file
+        meta.pop(key, None)
+    return meta
+
+
+def folder_opts(folder: str) -> List[str]:
+    """Config opts that register a folder dataset and evaluate on its val split (the
+    config's ``DATASETS.CUSTOM.NAME`` decides the names)."""
+    return ["DATASETS.CUSTOM.ROOT", folder]
+
+
+def build_subsets(args: argparse.Namespace, cfg) -> List[Subset]:
+    """Every (budget, seed)'s training data, in the order of ``--labeled`` then ``--seeds``."""
+    if args.folder or args.pool:
+        if args.folder:
+            name = cfg.DATASETS.CUSTOM.NAME
+            labeled_pool, unlabeled_pools = f"{name}_train_labeled", []
+            splits = load_or_create_splits(
+                cfg.DATASETS.CUSTOM.ROOT, val_fraction=float(cfg.DATASETS.CUSTOM.VAL_FRACTION)
+            )
+            if splits.unlabeled:
+                unlabeled_pools = [f"{name}_train_unlabeled"]
+        else:
+            labeled_pool, unlabeled_pools = args.pool[0], list(args.pool[1:])
+        pool = DatasetCatalog.get(labeled_pool)
+        extra = [d for n in unlabeled_pools for d in DatasetCatalog.get(n)]
+        metadata = _metadata(labeled_pool)
+        subsets = []
+        for seed in args.seeds:
+            drawn = draw_subsets(pool, extra, args.labeled, seed)
+            for budget in args.labeled:
+                labeled, unlabeled = drawn[budget]
+                subsets.append(
+                    Subset(
+                        budget,
+                        seed,
+                        len(labeled),
+                        len(unlabeled),
+                        labeled,
+                        unlabeled,
+                        metadata=metadata,
+                    )
+                )
+        return subsets
+    subsets = []
+    for seed in args.seeds:
+        for budget in args.labeled:
+            names = (f"hiervl_demo_train_{budget}_labeled", f"hiervl_demo_train_{budget}_unlabeled")
+            missing = [n for n in names if n not in DatasetCatalog.list()]
+            if missing:
+                raise SystemExit(
+                    f"--labeled {budget}: no registered {missing} (the demo's budgets are 8 and "
+                    f"16; for other data give --folder or --pool)"
+                )
+            counts = [len(DatasetCatalog.get(n)) for n in names]
+            subsets.append(Subset(budget, seed, counts[0], counts[1], names=names))
+    return subsets
+
+
+def _register(name: str, dicts: List[dict], metadata: Dict[str, Any]) -> None:
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, lambda: [dict(d) for d in dicts])
+    MetadataCatalog.get(name).set(**metadata)
+
+
+# ---- one training run ------------------------------------------------------------------------
+
+
+def train_and_eval_metrics(config_file: str, opts: List[str]) -> Dict[str, Dict[str, float]]:
+    """Train with ``config_file`` + ``opts`` and return the final evaluation's metrics
+    (``sem_seg`` and, for a semi run, ``student/sem_seg``: mIoU, per-class IoU, ...)."""
     cfg = load_config(config_file, opts)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(cfg.SEED)
@@ -40,25 +201,81 @@ def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
     trainer.train()
     # the evaluation hook evaluates once more after the last step; reuse its results
     results = trainer._last_eval_results
-    return {k: v["mIoU"] for k, v in results.items() if isinstance(v, dict) and "mIoU" in v}
+    return {k: dict(v) for k, v in results.items() if isinstance(v, dict) and "mIoU" in v}
+
+
+def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
+    """The val mIoU of :func:`train_and_eval_metrics` per result key (``sem_seg``, ...)."""
+    return {k: v["mIoU"] for k, v in train_and_eval_metrics(config_file, opts).items()}
+
+
+def run_one(
+    config_file: str, common: List[str], output: str, subset: Subset, method: str
+) -> Dict[str, Any]:
+    """Train one method (``supervised`` or ``semi``) on one budget and seed.
+
+    Returns:
+        ``{"budget", "seed", "method", "num_labeled", "num_unlabeled", "metrics": {key:
+        metrics}}`` with key ``supervised``, or ``teacher`` and ``student`` for the semi run.
+    """
+    setup_logger(name="hiervl")
+    setup_logger()
+    if subset.names is not None:
+        labeled_name, unlabeled_name = subset.names
+    else:
+        labeled_name, unlabeled_name = LABELED_NAME, UNLABELED_NAME
+        _register(labeled_name, subset.labeled, subset.metadata)
+        _register(unlabeled_name, subset.unlabeled, dict(subset.metadata, labeled=False))
+    out = os.path.join(output, f"labeled_{subset.budget}", f"seed{subset.seed}", method)
+    os.makedirs(out, exist_ok=True)
+    for file_name, dataset in (("labeled.txt", labeled_name), ("unlabeled.txt", unlabeled_name)):
+        # the images this run trained on, for the record
+        with open(os.path.join(out, file_name), "w") as f:
+            f.writelines(f"{d['file_name']}\n" for d in DatasetCatalog.get(dataset))
+    opts = common + [
+        "DATASETS.TRAIN",
+        f"('{labeled_name}',)",
+        "SEMI.UNLABELED_DATASETS",
+        f"('{unlabeled_name}',)",
+        "SEED",
+        str(subset.seed),
+        "OUTPUT_DIR",
+        out,
+    ]
+    if method == "supervised":
+        opts += ["SEMI.ENABLED", "False"]
+    results = train_and_eval_metrics(config_file, opts)
+    if method == "supervised":
+        metrics = {"supervised": results["sem_seg"]}
+    else:
+        metrics = {"teacher": results["sem_seg"]}
+        if "student/sem_seg" in results:
+            metrics["student"] = results["student/sem_seg"]
+    return {
+        "budget": subset.budget,
+        "seed": subset.seed,
+        "method": method,
+        "num_labeled": subset.num_labeled,
+        "num_unlabeled": subset.num_unlabeled,
+        "metrics": metrics,
+    }
+
+
+# ---- the report ------------------------------------------------------------------------------
 
 
 def _mean_std(values: List[float]) -> str:
-    """``mean ± sample std`` (the mean alone for one value)."""
+    """``mean ± sample std`` (the mean alone for one value); never "-0.00"."""
+    mean = round(statistics.mean(values), 2) + 0.0
     if len(values) < 2:
-        return f"{statistics.mean(values):.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
 def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
-    """Lines of the report: one per seed, then the mean ± sample std over seeds and how many
-    seeds put the semi-supervised teacher ahead of supervised-only training."""
-    columns = [
-        ("supervised", "supervised-only"),
-        ("teacher", "semi teacher"),
-        ("student", "semi student"),
-    ]
-    present = [(k, name) for k, name in columns if any(k in r for r in results.values())]
+    """Lines of one budget's report: one per seed (val mIoU), then the mean ± sample std over
+    seeds and how many seeds put the semi-supervised teacher ahead of supervised-only."""
+    present = [(k, name) for k, name in COLUMNS if any(k in r for r in results.values())]
     lines = ["seed  " + "  ".join(f"{name:>15s}" for _, name in present)]
     for seed, r in results.items():
         cells = [f"{r[k]:15.2f}" if k in r else f"{'-':>15s}" for k, _ in present]
@@ -69,7 +286,7 @@ def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
             f"{_mean_std([r[k] for r in results.values() if k in r]):>15s}" for k, _ in present
         )
     )
-    paired = [r for r in results.values() if "supervised" in r and "teacher" in r]
+    paired = [r for r in results.values() if _paired(r)]
     if paired:
         ahead = sum(r["teacher"] > r["supervised"] for r in paired)
         gain = [r["teacher"] - r["supervised"] for r in paired]
@@ -80,103 +297,251 @@ def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
     return lines
 
 
-def run_seed(
-    config_file: str, common: List[str], output: str, seed: int, only: Optional[str]
-) -> Dict[str, float]:
-    """Val mIoU of one seed: ``supervised`` and / or the semi run's ``teacher`` and
-    ``student``."""
-    setup_logger(name="hiervl")
-    setup_logger()
-    out = os.path.join(output, f"seed{seed}")
-    run = common + ["SEED", str(seed)]
-    r: Dict[str, float] = {}
-    if only != "semi":
-        sup = train_and_eval(
-            config_file,
-            run + ["SEMI.ENABLED", "False", "OUTPUT_DIR", os.path.join(out, "supervised")],
+def budget_table(
+    by_budget: Dict[str, Dict[int, Dict[str, float]]], sizes: Dict[str, int]
+) -> List[str]:
+    """The summary over budgets: mean val mIoU of both methods, the gain, the headroom and the
+    share of it the semi teacher recovers (means ± sample std over seeds).
+
+    Args:
+        by_budget: ``{budget: {seed: {"supervised"|"teacher"|"student": mIoU}}}``.
+        sizes: labelled images of each budget (the largest one is the headroom's reference).
+
+    The headroom of a budget is supervised(largest budget) − supervised(budget), per seed (the
+    same seed draws nested labelled sets); the share recovered is the mean gain over the mean
+    headroom, left out when the headroom is not positive.
+    """
+    largest = max(sizes, key=lambda b: sizes[b])
+    top = {s: r["supervised"] for s, r in by_budget.get(largest, {}).items() if "supervised" in r}
+    lines = [
+        f"{'labelled':>8s}  {'supervised-only':>15s}  {'semi teacher':>15s}  {'gain':>13s}  "
+        f"{'headroom':>13s}  {'recovered':>9s}"
+    ]
+    for budget in sorted(by_budget, key=lambda b: sizes[b]):
+        runs = by_budget[budget]
+        sup = [r["supervised"] for r in runs.values() if "supervised" in r]
+        teacher = [r["teacher"] for r in runs.values() if "teacher" in r]
+        gain = [r["teacher"] - r["supervised"] for r in runs.values() if _paired(r)]
+        headroom = [
+            top[s] - r["supervised"] for s, r in runs.items() if s in top and "supervised" in r
+        ]
+        if budget == largest:
+            headroom = []
+        recovered = "-"
+        if gain and headroom and statistics.mean(headroom) > 0:
+            recovered = f"{100 * statistics.mean(gain) / statistics.mean(headroom):.0f} %"
+        cells = [_mean_std(v) if v else "-" for v in (sup, teacher, gain, headroom)]
+        lines.append(
+            f"{sizes[budget]:8d}  {cells[0]:>15s}  {cells[1]:>15s}  {cells[2]:>13s}  "
+            f"{cells[3]:>13s}  {recovered:>9s}"
         )
-        r["supervised"] = sup["sem_seg"]
-    if only != "supervised":
-        semi = train_and_eval(config_file, run + ["OUTPUT_DIR", os.path.join(out, "semi")])
-        r["teacher"] = semi["sem_seg"]
-        if "student/sem_seg" in semi:
-            r["student"] = semi["student/sem_seg"]
-    return r
+    return lines
 
 
-def main() -> None:
+def _paired(r: Dict[str, float]) -> bool:
+    return "teacher" in r and "supervised" in r
+
+
+def collect(
+    runs: List[Dict[str, Any]],
+) -> Tuple[Dict[str, Dict[int, Dict[str, float]]], Dict[str, int], Dict[str, int]]:
+    """``{budget: {seed: {key: mIoU}}}`` (seeds sorted), labelled and unlabelled image counts
+    per budget, from the finished runs."""
+    by_budget: Dict[str, Dict[int, Dict[str, float]]] = {}
+    sizes, unlabeled = {}, {}
+    for run in runs:
+        seeds = by_budget.setdefault(run["budget"], {})
+        seeds.setdefault(run["seed"], {}).update({k: m["mIoU"] for k, m in run["metrics"].items()})
+        sizes[run["budget"]] = run["num_labeled"]
+        unlabeled[run["budget"]] = run["num_unlabeled"]
+    by_budget = {b: dict(sorted(s.items())) for b, s in by_budget.items()}
+    return by_budget, sizes, unlabeled
+
+
+def report_lines(header: List[str], runs: List[Dict[str, Any]]) -> List[str]:
+    """The whole report: header, one block per budget (smallest first), the budget table."""
+    by_budget, sizes, unlabeled = collect(runs)
+    lines = list(header)
+    for budget in sorted(by_budget, key=lambda b: sizes[b]):
+        lines.append("")
+        lines.append(
+            f"labelled images: {sizes[budget]} (--labeled {budget}), unlabelled images: "
+            f"{unlabeled[budget]}; val mIoU"
+        )
+        lines += summary(by_budget[budget])
+    if len(by_budget) > 1:
+        lines += ["", "mean val mIoU over seeds; headroom = supervised(largest) - supervised"]
+        lines += budget_table(by_budget, sizes)
+    return lines
+
+
+def plot(runs: List[Dict[str, Any]], path: str, title: str) -> None:
+    """Val mIoU (mean ± sample std over seeds) against the number of labelled images, one line
+    per method, written to ``path`` (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_budget, sizes, _ = collect(runs)
+    order = sorted(by_budget, key=lambda b: sizes[b])
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    styles = {
+        "supervised": ("supervised-only", "o-", "tab:blue"),
+        "teacher": ("semi-supervised (teacher)", "s-", "tab:orange"),
+    }
+    for key, (label, marker, color) in styles.items():
+        xs, means, stds = [], [], []
+        for budget in order:
+            values = [r[key] for r in by_budget[budget].values() if key in r]
+            if values:
+                xs.append(sizes[budget])
+                means.append(statistics.mean(values))
+                stds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        if xs:
+            ax.errorbar(xs, means, yerr=stds, fmt=marker, color=color, capsize=4, label=label)
+    if len(order) > 1 and sizes[order[-1]] / max(sizes[order[0]], 1) >= 8:
+        ax.set_xscale("log")
+    ax.set_xticks([sizes[b] for b in order])
+    ax.set_xticklabels([str(sizes[b]) for b in order])
+    ax.minorticks_off()
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.set_xlabel("labelled training images")
+    ax.set_ylabel("val mIoU (%)")
+    seeds = sorted({r["seed"] for r in runs})
+    ax.set_title(
+        f"{title}\nmean ± std over {len(seeds)} seed{'s' if len(seeds) > 1 else ''}", fontsize=10
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+# ---- command line ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", default="configs/demo/hiervl_demo.yaml")
-    parser.add_argument("--labeled", type=int, default=8, help="labelled budget of the demo split")
-    parser.add_argument("--iters", type=int, default=300)
+    parser.add_argument(
+        "--config-file",
+        default=None,
+        help=f"default: {FOLDER_CONFIG} with --folder, else {DEMO_CONFIG}",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--folder", help="folder dataset (docs/CUSTOM_DATA.md)")
+    source.add_argument(
+        "--pool",
+        nargs="+",
+        metavar="NAME",
+        help="registered labelled dataset to draw from, then optional unlabelled ones",
+    )
+    parser.add_argument(
+        "--labeled",
+        nargs="+",
+        default=["8"],
+        help="labelled budgets: image counts and/or 'all' (the whole labelled pool)",
+    )
+    parser.add_argument("--iters", type=int, help="SOLVER.MAX_ITER (default: the config's)")
     parser.add_argument(
         "--seeds",
         type=int,
         nargs="+",
         default=[0],
-        help="SEED of each repetition (initialisation and data order); the report gives the "
-        "mean and spread over them: single runs of this tiny setting differ by several mIoU",
+        help="SEED of each repetition (initialisation, data order and the labelled draw); the "
+        "report gives the mean and spread over them: single runs differ by several mIoU",
     )
     parser.add_argument("--output", default="output/benchmark_semi")
     parser.add_argument(
         "--only",
         choices=("supervised", "semi"),
-        help="run one of the two (e.g. to try semi-supervised settings against a known baseline)",
+        help="run one of the two (e.g. the headroom: supervised-only at every budget)",
     )
     parser.add_argument(
         "--jobs",
         type=int,
         default=1,
-        help="seeds trained at once, one process each (set OMP_NUM_THREADS to cores / jobs)",
+        help="trainings run at once, one process each (set OMP_NUM_THREADS to cores / jobs)",
     )
-    parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config opts for both runs")
-    args = parser.parse_args()
-    setup_logger(name="hiervl")
-    setup_logger()
-    common = [
-        "DATASETS.TRAIN",
-        f"('hiervl_demo_train_{args.labeled}_labeled',)",
-        "SEMI.UNLABELED_DATASETS",
-        f"('hiervl_demo_train_{args.labeled}_unlabeled',)",
-        "SOLVER.MAX_ITER",
-        str(args.iters),
-        "SOLVER.CHECKPOINT_PERIOD",
-        str(10 * args.iters),
-        # the runs' folders are scratch (the result is benchmark.txt): a re-run trains over them
-        "SOLVER.OVERWRITE_OUTPUT_DIR",
-        "True",
-        *args.opts,
-    ]
-    header = [f"labelled images: {args.labeled}, steps: {args.iters}, config: {args.config_file}"]
-    if args.opts:
-        header.append(f"extra opts: {' '.join(args.opts)}")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config opts for all runs")
+    args = parser.parse_args(argv)
+    for budget in args.labeled:
+        if budget != ALL and not (budget.isdigit() and int(budget) > 0):
+            parser.error(f"--labeled: {budget!r} is neither a positive count nor 'all'")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
-    os.makedirs(args.output, exist_ok=True)
-    results: Dict[int, Dict[str, float]] = {}
+    if args.config_file is None:
+        args.config_file = FOLDER_CONFIG if args.folder else DEMO_CONFIG
+    return args
 
-    def record(seed: int, r: Dict[str, float]) -> str:
-        # the report so far, after every seed: a long run that is stopped still leaves one
-        results[seed] = r
-        ordered = {s: results[s] for s in sorted(results)}
-        report = "\n".join(header + ["val mIoU"] + summary(ordered))
+
+def main(argv: Optional[Sequence[str]] = None) -> str:
+    args = parse_args(argv)
+    setup_logger(name="hiervl")
+    setup_logger()
+    # the runs' folders are scratch (the results are the report and results.json): a re-run
+    # trains over them
+    common = ["SOLVER.OVERWRITE_OUTPUT_DIR", "True"]
+    common += folder_opts(args.folder) if args.folder else []
+    if args.iters is not None:
+        common += ["SOLVER.MAX_ITER", str(args.iters)]
+        common += ["SOLVER.CHECKPOINT_PERIOD", str(10 * args.iters)]
+    common += list(args.opts)
+    cfg = load_config(args.config_file, common)
+    test_names = list(cfg.DATASETS.TEST)
+    if args.folder:
+        test_names = [f"{cfg.DATASETS.CUSTOM.NAME}_val"]
+        common += ["DATASETS.TEST", f"('{test_names[0]}',)"]
+    subsets = build_subsets(args, cfg)
+    data = args.folder or (", ".join(args.pool) if args.pool else "the embedded demo's splits")
+    header = [
+        f"data: {data}; evaluated on {', '.join(test_names)}",
+        f"config: {args.config_file}; steps: {cfg.SOLVER.MAX_ITER}; seeds: "
+        f"{' '.join(map(str, args.seeds))}",
+    ]
+    if args.opts:
+        header.append(f"extra opts: {' '.join(args.opts)}")
+    name = os.path.basename(os.path.normpath(args.folder)) if args.folder else data
+    tasks = []
+    for subset in subsets:
+        for method in ("supervised", "semi"):
+            if args.only not in (None, method):
+                continue
+            if method == "semi" and subset.num_unlabeled == 0:
+                continue  # e.g. 'all' of a folder without unlabelled images
+            tasks.append((subset, method))
+    os.makedirs(args.output, exist_ok=True)
+    runs: List[Dict[str, Any]] = []
+
+    def record(run: Dict[str, Any]) -> str:
+        # the report so far, after every run: a long benchmark that is stopped still leaves one
+        runs.append(run)
+        report = "\n".join(report_lines(header, runs))
         with open(os.path.join(args.output, "benchmark.txt"), "w") as f:
             f.write(report + "\n")
+        with open(os.path.join(args.output, "results.json"), "w") as f:
+            json.dump({"header": header, "runs": runs}, f, indent=1)
+        plot(
+            runs, os.path.join(args.output, "benchmark.png"), f"{name}, {cfg.SOLVER.MAX_ITER} steps"
+        )
         logger.info("\n%s", report)
         return report
 
-    task = (args.config_file, common, args.output)
+    report = ""
+    common_task = (args.config_file, common, args.output)
     if args.jobs == 1:
-        for seed in args.seeds:
-            report = record(seed, run_seed(*task, seed, args.only))
+        for subset, method in tasks:
+            report = record(run_one(*common_task, subset, method))
     else:
         # fresh interpreters: a forked child would inherit the parent's torch thread pool
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = {pool.submit(run_seed, *task, seed, args.only): seed for seed in args.seeds}
+            futures = [pool.submit(run_one, *common_task, s, m) for s, m in tasks]
             for future in as_completed(futures):
-                report = record(futures[future], future.result())
+                report = record(future.result())
     print(report)  # the script's result, on stdout
+    return report
 
 
 if __name__ == "__main__":

@@ -7,12 +7,15 @@ Usage::
         [--crop-size 512 512]
 
 Reads every image and mask once (with a progress bar) and prints the counts and every problem
-with its file name. Errors are what would make training or evaluation fail (unreadable files,
-mask/image size mismatches, ids outside the class list, colours not in the palette, a bad
-classes.txt or split file); warnings are worth a look but do not stop training (a class that
-never occurs, a mask without an image, files that are ignored, images added after the split
-files were written, training images smaller than the crop). Exit status: 1 when there is an
-error, else 0 (``--strict``: warnings count as errors).
+with its file name; a problem repeated for many files (the same id outside the classes in every
+mask) is printed once, with the count, a few of the files and the fix (``--all`` lists every
+file). Ids that classes.txt declares as ignore (``ignore: 11``) are read as 255. Errors are
+what would make training or evaluation fail (unreadable files, mask/image size mismatches, ids
+outside the class list, colours not in the palette, a bad classes.txt or split file); warnings
+are worth a look but do not stop training (a class that never occurs, a mask without an image,
+files that are ignored, images added after the split files were written, training images
+smaller than the crop). Exit status: 1 when there is an error, else 0 (``--strict``: warnings
+count as errors).
 """
 import argparse
 import re
@@ -41,6 +44,7 @@ from hiervl.data.datasets.folder import (
     make_splits,
     mask_to_ids,
     parse_classes,
+    parse_ignore_ids,
     parse_palette,
     read_folder_splits,
     resolve_palette_path,
@@ -50,6 +54,9 @@ from hiervl.data.datasets.semseg import size_mismatch_message
 from hiervl.data.image_io import ImageHeader, read_image_header
 
 ERROR, WARNING = "ERROR", "WARNING"
+# A message shared by more files than this is printed once, with the count and examples.
+GROUP_ABOVE = 3
+EXAMPLES = 3
 
 
 @dataclass
@@ -115,15 +122,22 @@ def _split_message(text: str, root: Path) -> Tuple[str, str]:
     return file + (match["line"] or ""), match["msg"]
 
 
-def _check_classes(root: Path, report: CheckReport) -> Optional[List[str]]:
+def _check_classes(root: Path, report: CheckReport) -> Tuple[Optional[List[str]], List[int]]:
+    """Class names (None when there are none) and the declared ignore ids of classes.txt."""
     path = root / "classes.txt"
     if not path.is_file():
         report.error("classes.txt", "missing: one class name per line, line i = class id i-1")
-        return None
-    names, _, problems = parse_classes(path.read_text(encoding=TEXT_ENCODING), "classes.txt")
-    for problem in problems:
+        return None, []
+    text = path.read_text(encoding=TEXT_ENCODING)
+    names, _, problems = parse_classes(text, "classes.txt")
+    ignore_ids, ignore_problems = parse_ignore_ids(text, len(names) or None, "classes.txt")
+    for problem in problems + ignore_problems:
         report.error(*_split_message(problem, root))
-    return names if names else None
+    if ignore_ids:
+        report.notes.append(
+            f"classes.txt: mask ids {ignore_ids} are read as ignore ({IGNORE_LABEL})"
+        )
+    return (names if names else None), ignore_ids
 
 
 def _check_palette(
@@ -168,7 +182,7 @@ def check_folder(
     if not root.is_dir():
         report.error(str(root), "folder not found")
         return report
-    class_names = _check_classes(root, report)
+    class_names, ignore_ids = _check_classes(root, report)
     num_classes = len(class_names) if class_names else None
     pal = _check_palette(root, palette, num_classes, report)
     palette_broken = bool(palette) and pal is None
@@ -247,7 +261,7 @@ def check_folder(
             )
         if mask_rel is None:
             continue
-        ids, needs_conversion = _check_mask(root, mask_rel, pal, palette_broken, report)
+        ids, needs_conversion = _check_mask(root, mask_rel, pal, palette_broken, ignore_ids, report)
         if ids is None:
             continue
         converted += needs_conversion
@@ -265,20 +279,31 @@ def check_folder(
         if num_classes is not None:
             bad = [v for v in values if v != IGNORE_LABEL and v >= num_classes]
             if bad:
-                report.error(
-                    mask_rel,
-                    f"ids {bad} outside the {num_classes} classes of classes.txt "
-                    f"(valid: 0..{num_classes - 1} and {IGNORE_LABEL} = ignore)",
-                )
+                report.error(mask_rel, _outside_message(bad, num_classes))
         presence[split].update(v for v in values if v != IGNORE_LABEL)
     if converted:
+        why = "hold ignore ids or " if ignore_ids else ""
         report.notes.append(
-            f"{converted} masks are not 8-bit id PNGs: converted once into "
+            f"{converted} masks {why}are not 8-bit id PNGs: converted once into "
             f"{folder_cache_dir(root) / 'id_masks'} at training time"
         )
     if class_names:
         _check_class_presence(class_names, presence, report)
     return report
+
+
+def _outside_message(bad: List[int], num_classes: int) -> str:
+    """The error of a mask holding ids that are no class, with the fix when they may mean
+    "ignore"."""
+    listed = ", ".join(map(str, bad))
+    message = (
+        f"ids [{listed}] outside the {num_classes} classes of classes.txt "
+        f"(valid: 0..{num_classes - 1} and {IGNORE_LABEL} = ignore)"
+    )
+    return (
+        f"{message}; if {listed} means 'ignore', add the line 'ignore: {listed}' at the end of "
+        f"classes.txt, else add the missing class names"
+    )
 
 
 def _check_split_membership(scan, splits, report: CheckReport) -> None:
@@ -326,7 +351,12 @@ def _check_image(root: Path, image_rel: str, report: CheckReport) -> Optional[Im
 
 
 def _check_mask(
-    root: Path, mask_rel: str, pal: Optional[Palette], palette_broken: bool, report: CheckReport
+    root: Path,
+    mask_rel: str,
+    pal: Optional[Palette],
+    palette_broken: bool,
+    ignore_ids: Sequence[int],
+    report: CheckReport,
 ) -> Tuple[Optional[np.ndarray], bool]:
     path = root / mask_rel
     if not path.is_file():
@@ -334,10 +364,10 @@ def _check_mask(
     try:
         with Image.open(path) as mask:
             mask.load()
-            needs_conversion = not (mask.mode == "L" and mask.format == "PNG")
+            needs_conversion = not (mask.mode == "L" and mask.format == "PNG") or bool(ignore_ids)
             if palette_broken and mask.mode in ("RGB", "RGBA"):
                 return None, needs_conversion
-            return mask_to_ids(mask, pal, mask_rel), needs_conversion
+            return mask_to_ids(mask, pal, mask_rel, ignore_ids), needs_conversion
     except FolderDatasetError as e:
         report.error(*_split_message(str(e), root))
     except (OSError, SyntaxError, ValueError) as e:
@@ -359,13 +389,39 @@ def _check_class_presence(
             )
 
 
-def format_report(report: CheckReport) -> str:
-    """The human-readable report: counts, notes, problems, verdict."""
+def grouped_problems(problems: Sequence[Problem], list_all: bool = False) -> List[str]:
+    """One line per problem, except that a message shared by more than :data:`GROUP_ABOVE`
+    files becomes one line with the count and a few of the files (``list_all``: no grouping).
+    Lines keep the order of each message's first occurrence."""
+    if list_all:
+        return [str(p) for p in problems]
+    groups: Dict[Tuple[str, str], List[str]] = {}
+    for p in problems:
+        groups.setdefault((p.level, p.message), []).append(p.file)
+    lines = []
+    for (level, message), files in groups.items():
+        if len(files) <= GROUP_ABOVE:
+            lines += [str(Problem(level, f, message)) for f in files]
+        else:
+            examples = ", ".join(files[:EXAMPLES])
+            kind = next(
+                (k for k in ("masks", "images") if all(f.startswith(k + "/") for f in files)),
+                "files",
+            )
+            lines.append(
+                f"{level:<8}{len(files)} {kind}: {message} (e.g. {examples}; --all lists them)"
+            )
+    return lines
+
+
+def format_report(report: CheckReport, list_all: bool = False) -> str:
+    """The human-readable report: counts, notes, problems (repeated ones grouped, see
+    :func:`grouped_problems`), verdict."""
     lines = [f"Folder dataset {report.root}"]
     if report.counts:
         lines.append("  " + "  ".join(f"{k}: {v}" for k, v in report.counts.items()))
     lines += [f"  {note}" for note in report.notes]
-    lines += [str(p) for p in report.problems]
+    lines += grouped_problems(report.problems, list_all)
     n_err, n_warn = len(report.errors), len(report.warnings)
     verdict = "training would fail" if n_err else "ready to train"
     lines.append(f"{n_err} error(s), {n_warn} warning(s): {verdict}")
@@ -390,6 +446,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     )
     parser.add_argument("--strict", action="store_true", help="warnings count as errors")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--all", action="store_true", help="one line per file, also for repeated problems"
+    )
     args = parser.parse_args(argv)
     report = check_folder(
         Path(args.root),
@@ -399,7 +458,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         crop_size=args.crop_size,
         progress=not args.no_progress,
     )
-    print(format_report(report))
+    print(format_report(report, list_all=args.all))
     failed = bool(report.errors) or (args.strict and bool(report.warnings))
     return 1 if failed else 0
 

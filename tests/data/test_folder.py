@@ -10,6 +10,7 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pytest
+import torch
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
@@ -419,3 +420,70 @@ def test_mask_of_another_size_fails_when_the_split_is_loaded(tmp_path):
             DatasetCatalog.get("t_size_train_labeled") + DatasetCatalog.get("t_size_val")
     finally:
         _unregister("t_size")
+
+
+def test_parse_ignore_ids_and_class_lines_after_it():
+    text = "sky\ncar\nignore: 11\n"
+    names, _, problems = folder.parse_classes(text)
+    assert names == ["sky", "car"] and problems == []  # the ignore line is no class
+    assert folder.parse_ignore_ids(text, 2) == ([11], [])
+    assert folder.parse_ignore_ids("a\nIgnore: 12, 11\nignore: 11\n", 1) == ([11, 12], [])
+    assert folder.parse_ignore_ids("a\nb\n", 2) == ([], [])
+    _, problems = folder.parse_ignore_ids("a\nb\nignore: 1\n", 2)
+    assert problems == [
+        "classes.txt:3: ignore id 1 is class id 1 (classes are 0..1); an ignore id must be no class"
+    ]
+    _, problems = folder.parse_ignore_ids("a\nignore: void\n", 1)
+    assert problems == [
+        "classes.txt:2: expected 'ignore: <id>' with mask ids 0-255, got 'ignore: void'"
+    ]
+    # "Line i is class id i-1": a class after the ignore line would make its id ambiguous (is
+    # the ignore line counted?), so the ignore line must come last.
+    _, _, problems = folder.parse_classes("a\nignore: 9\nb\n")
+    assert problems == [
+        "classes.txt:3: class line after the 'ignore:' line 2 (line i is class id i-1: put "
+        "'ignore:' after the last class)"
+    ]
+
+
+def test_declared_ignore_id_is_255_for_training_and_evaluation(tmp_path):
+    """CamVid's void is id 11: ``ignore: 11`` in classes.txt. The masks are converted once into
+    the cache with 11 -> 255 (the ``ignore_label`` of the metadata), so the mapper, the
+    trainer and SemSegEvaluator all leave those pixels out."""
+    from hiervl.evaluation import build_semseg_evaluator
+    from hiervl.utils.testing import tiny_config
+
+    root = make_folder(tmp_path / "ds", n_labeled=4, n_unlabeled=1)
+    for i in range(4):  # the ignore corner of every mask as id 7 instead of 255
+        ids = id_mask(i)
+        ids[ids == 255] = 7
+        Image.fromarray(ids).save(root / "masks" / f"img_{i:02d}.png")
+    with open(root / "classes.txt", "a") as f:
+        f.write("ignore: 7\n")
+    info = folder.register_folder(root, name="t_ign", val_fraction=0.25)
+    try:
+        assert info.num_classes == 3
+        val = DatasetCatalog.get("t_ign_val")
+        meta = MetadataCatalog.get("t_ign_val")
+        assert meta.ignore_label == 255
+        for record in DatasetCatalog.get("t_ign_train_labeled") + val:
+            assert Path(record["sem_seg_file_name"]).is_relative_to(tmp_path / "cache")
+            index = int(Path(record["image_id"]).name.split("_")[1])
+            assert np.array_equal(
+                np.asarray(Image.open(record["sem_seg_file_name"])), id_mask(index)
+            )
+        # Evaluation: a prediction right on every class pixel and wrong on the ignored corner.
+        evaluator = build_semseg_evaluator(tiny_config(), "t_ign_val", None)
+        evaluator.reset()
+        for record in val:
+            truth = id_mask(int(Path(record["image_id"]).name.split("_")[1]))
+            pred = np.where(truth == 255, 0, truth)
+            pred[:2, :2] = 1  # the ignored corner, where id 7 was: not a class, not counted
+            scores = torch.nn.functional.one_hot(torch.from_numpy(pred).long(), 3).permute(2, 0, 1)
+            evaluator.process([record], [{"sem_seg": scores.float()}])
+        assert evaluator.evaluate()["sem_seg"]["mIoU"] == pytest.approx(100.0)
+    finally:
+        _unregister("t_ign")
+    (root / "classes.txt").write_text("background\ncat\ndog\nignore: 2\n")
+    with pytest.raises(FolderDatasetError, match="ignore id 2 is class id 2"):
+        folder.register_folder(root, name="t_ign2")

@@ -2,6 +2,7 @@
 the FLOP counter and MFU helpers give known counts."""
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -19,7 +20,7 @@ from benchmark_common import count_flops, mfu, peak_tflops_for  # noqa: E402  (t
 NUMBER = r"[0-9]+(?:\.[0-9]+)?(?:e[-+]?[0-9]+)?"
 
 
-def _run_tool(script, *args):
+def _run_tool(script, *args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "tools", script), *args],
@@ -27,7 +28,7 @@ def _run_tool(script, *args):
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
@@ -118,12 +119,17 @@ def test_peak_table_and_mfu():
     assert mfu(1e12, 1.0, None) is None
 
 
-def test_benchmark_semi_summary_lists_seeds_and_counts_gains():
+def _load_benchmark_semi():
     spec = importlib.util.spec_from_file_location(
         "benchmark_semi", os.path.join(REPO, "tools", "benchmark_semi.py")
     )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    return tool
+
+
+def test_benchmark_semi_summary_lists_seeds_and_counts_gains():
+    tool = _load_benchmark_semi()
     lines = tool.summary(
         {
             0: {"supervised": 50.0, "teacher": 53.0, "student": 52.0},
@@ -134,3 +140,102 @@ def test_benchmark_semi_summary_lists_seeds_and_counts_gains():
     assert lines[1].split() == ["0", "50.00", "53.00", "52.00"]
     assert lines[3].split()[:4] == ["mean", "55.00", "±", "7.07"]
     assert lines[4] == "semi teacher - supervised: 1.00 ± 2.83 mIoU; ahead in 1 of 2 seeds"
+
+
+def test_benchmark_semi_budget_table_headroom_and_share_recovered():
+    tool = _load_benchmark_semi()
+    by_budget = {
+        "10": {0: {"supervised": 20.0, "teacher": 23.0}, 1: {"supervised": 24.0, "teacher": 25.0}},
+        "40": {0: {"supervised": 30.0, "teacher": 29.0}, 1: {"supervised": 30.0, "teacher": 31.0}},
+        "all": {0: {"supervised": 32.0}, 1: {"supervised": 30.0}},
+    }
+    lines = tool.budget_table(by_budget, {"10": 10, "40": 40, "all": 367})
+    assert (
+        " ".join(lines[0].split())
+        == "labelled supervised-only semi teacher gain headroom recovered"
+    )
+    # budget 10: gains +3, +1; headroom per seed 32-20=12, 30-24=6 -> mean 9; 2 / 9 = 22 %
+    assert " ".join(lines[1].split()) == "10 22.00 ± 2.83 24.00 ± 1.41 2.00 ± 1.41 9.00 ± 4.24 22 %"
+    # budget 40: gains -1, +1; headroom per seed 2, 0 -> 0 of 1 recovered
+    assert " ".join(lines[2].split()) == "40 30.00 ± 0.00 30.00 ± 1.41 0.00 ± 1.41 1.00 ± 1.41 0 %"
+    # the largest budget has no semi run (no unlabelled images left) and no headroom
+    assert " ".join(lines[3].split()) == "367 31.00 ± 1.41 - - - -"
+
+
+def test_benchmark_semi_draws_nested_subsets_per_seed():
+    tool = _load_benchmark_semi()
+    pool = [{"file_name": f"img{i}"} for i in range(50)]
+    extra = [{"file_name": "pool0"}]
+    drawn = tool.draw_subsets(pool, extra, ["10", "20", "all"], seed=3)
+    labeled10, unlabeled10 = drawn["10"]
+    assert len(labeled10) == 10 and len(unlabeled10) == 41 and unlabeled10[-1] == extra[0]
+    assert drawn["20"][0][:10] == labeled10  # nested: the 10 are among the 20
+    assert len(drawn["all"][0]) == 50 and drawn["all"][1] == extra
+    assert tool.draw_subsets(pool, extra, ["10"], seed=3)["10"][0] == labeled10  # seeded
+    assert tool.draw_subsets(pool, extra, ["10"], seed=4)["10"][0] != labeled10
+    with pytest.raises(ValueError, match="budget 60: the pool has 50 images"):
+        tool.draw_subsets(pool, extra, ["60"], seed=0)
+
+
+def test_benchmark_semi_on_a_folder_dataset(tmp_path):
+    """``--folder``: no dataset opts needed, budgets drawn from the folder's labelled split, the
+    report counts the images each run really used, and the plot is written."""
+    from hiervl.data.datasets.folder import export_demo_as_folder
+
+    folder = export_demo_as_folder(tmp_path / "demo_folder")  # 16 labelled, 184 unlabelled
+    out = tmp_path / "bench"
+    stdout = _run_tool(
+        "benchmark_semi.py",
+        "--folder",
+        str(folder),
+        "--config-file",
+        "configs/demo/hiervl_demo.yaml",
+        "--labeled",
+        "4",
+        "all",
+        "--iters",
+        "1",
+        "--output",
+        str(out),
+        "DATASETS.CUSTOM.PALETTE",
+        "palette.txt",
+        timeout=900,  # four trainings and evaluations: ~30 s of CPU, minutes on a busy machine
+    )
+    assert f"data: {folder}; evaluated on custom_val" in stdout
+    assert "labelled images: 4 (--labeled 4), unlabelled images: 196; val mIoU" in stdout
+    assert "labelled images: 16 (--labeled all), unlabelled images: 184; val mIoU" in stdout
+    report = (out / "benchmark.txt").read_text()  # the same as the end of stdout
+    assert stdout.rstrip().endswith(report.rstrip())
+    table = report[report.index("labelled  supervised-only") :].splitlines()
+    assert [row.split()[0] for row in table[1:]] == ["4", "16"]
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert sorted((r["budget"], r["method"]) for r in runs) == [
+        ("4", "semi"),
+        ("4", "supervised"),
+        ("all", "semi"),
+        ("all", "supervised"),
+    ]
+    labeled = (out / "labeled_4" / "seed0" / "semi" / "labeled.txt").read_text().split()
+    assert (
+        labeled == (out / "labeled_4" / "seed0" / "supervised" / "labeled.txt").read_text().split()
+    )
+    assert len(labeled) == 4 and all(p.startswith(str(folder.resolve())) for p in labeled)
+
+
+def test_benchmark_semi_demo_splits_report_their_size(tmp_path):
+    """Without --folder / --pool, the demo's fixed splits as before (the README's command); the
+    counts in the report are those of the data the run used."""
+    stdout = _run_tool(
+        "benchmark_semi.py",
+        "--labeled",
+        "8",
+        "--iters",
+        "1",
+        "--only",
+        "supervised",
+        "--output",
+        str(tmp_path / "bench"),
+    )
+    assert "data: the embedded demo's splits; evaluated on hiervl_demo_val" in stdout
+    assert "labelled images: 8 (--labeled 8), unlabelled images: 192; val mIoU" in stdout

@@ -1,6 +1,7 @@
 """tools/check_dataset.py: every problem reported with its file, and the exit status."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,9 @@ def test_colour_masks_palette_and_unknown_colour(tmp_path, capsys):
     assert "4 masks are not 8-bit id PNGs: converted once" in out
     code, out = run(capsys, root)
     assert code == 1
-    assert "ERROR   masks/img_00.png: colour mask but no palette file given" in out
+    # the same error on all 4 masks: one line with the count and examples
+    assert "ERROR   4 masks: colour mask but no palette file given" in out
+    assert re.search(r"\(e.g. (masks/img_0\d.png, ){2}masks/img_0\d.png; --all lists them\)", out)
     rgb = np.array(Image.open(root / "masks" / "img_02.png"))
     rgb[0:3, 5] = (7, 8, 9)
     Image.fromarray(rgb).save(root / "masks" / "img_02.png")
@@ -216,3 +219,33 @@ def test_class_list_with_byte_order_mark(tmp_path, capsys):
     code, out = run(capsys, root)
     assert code == 1
     assert "ERROR   classes.txt:2: duplicate class name 'cat' (first on line 1)" in out
+
+
+def test_repeated_errors_summarised_with_the_fix_and_ignore_declaration(tmp_path, capsys):
+    """CamVid-like masks (void = 7 here): one line with the count, examples and the fix instead
+    of one identical line per mask; ``ignore: 7`` in classes.txt makes the folder valid."""
+    root = make_folder(tmp_path / "ds", n_labeled=6, n_unlabeled=1)
+    for i in range(6):
+        ids = folder_tests.id_mask(i)
+        ids[ids == 255] = 7
+        Image.fromarray(ids).save(root / "masks" / f"img_{i:02d}.png")
+    code, out = run(capsys, root)
+    assert code == 1
+    error_lines = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert error_lines == [
+        "ERROR   6 masks: ids [7] outside the 3 classes of classes.txt (valid: 0..2 and 255 = "
+        "ignore); if 7 means 'ignore', add the line 'ignore: 7' at the end of classes.txt, else "
+        "add the missing class names (e.g. masks/img_00.png, masks/img_01.png, "
+        "masks/img_02.png; --all lists them)"
+    ], out
+    assert "6 error(s)" in out
+    code, out = run(capsys, root, "--all")
+    assert sum(line.startswith("ERROR   masks/img_0") for line in out.splitlines()) == 6
+    with open(root / "classes.txt", "a") as f:
+        f.write("ignore: 7\n")
+    code, out = run(capsys, root)
+    assert code == 0, out
+    assert "classes.txt: mask ids [7] are read as ignore (255)" in out
+    (root / "classes.txt").write_text("background\ncat\ndog\nignore: 1\n")
+    code, out = run(capsys, root)
+    assert code == 1 and "ERROR   classes.txt:4: ignore id 1 is class id 1" in out

@@ -6,7 +6,8 @@ Layout of a folder dataset (``ROOT``)::
     masks/      one PNG per labelled image, same relative path and stem as its image:
                 single-channel class ids (255 = ignore), or colour PNGs plus a palette file
     classes.txt one class name per line, line i = class id i; optional TAB-separated
-                descriptions after the name (dataset-aware prompts)
+                descriptions after the name (dataset-aware prompts); optionally, after the
+                class names, ``ignore: 11`` lines naming mask ids that mean "ignore"
     splits/     optional: labeled.txt, val.txt (both or neither) and unlabeled.txt, one
                 ``image [mask]`` line per sample, paths relative to ROOT (the field's format)
 
@@ -18,7 +19,9 @@ Masks that are not 8-bit single-channel PNGs (colour masks, palette-mode, 16-bit
 once into id PNGs under the cache (``$HIERVL_CACHE_DIR`` or ``~/.cache/hiervl``), because the
 evaluator reads ``sem_seg_file_name`` directly. The palette file holds one ``R G B`` or
 ``#rrggbb`` line per class in class-id order; extra lines ending in the word ``ignore`` name
-colours mapped to 255.
+colours mapped to 255. Id masks whose "ignore" value is not 255 (CamVid's void 11) declare it
+in classes.txt (``ignore: 11``); those masks are converted the same way, the declared ids
+becoming 255, so that training, pseudo-labels and evaluation all see one ignore label.
 
 Registered names: ``<NAME>_train_labeled``, ``<NAME>_train_unlabeled``, ``<NAME>_val``, all
 through :func:`~hiervl.data.datasets.semseg.register_semseg_split`.
@@ -56,6 +59,8 @@ __all__ = [
     "FolderDataset",
     "parse_classes",
     "read_classes",
+    "parse_ignore_ids",
+    "read_ignore_ids",
     "parse_palette",
     "read_palette",
     "distinct_colors",
@@ -100,14 +105,16 @@ def parse_classes(
 
     Args:
         text: file content; line ``i`` (1-based) is class id ``i - 1``: ``name`` or
-            ``name<TAB>description[<TAB>description...]``. Trailing blank lines are allowed.
+            ``name<TAB>description[<TAB>description...]``. Trailing blank lines are allowed, and
+            so are ``ignore: <ids>`` lines after the class names (read by
+            :func:`parse_ignore_ids`; they are no class).
         source: file name used in the problem messages.
 
     Returns:
         ``(names, descriptions, problems)``: descriptions per class (empty when a line has
         none: the model always embeds the name itself, descriptions are extra variants);
-        problems are messages (empty class list, blank line inside the list, duplicate names),
-        empty when the file is valid.
+        problems are messages (empty class list, blank line inside the list, duplicate names,
+        a class line after an ``ignore:`` line), empty when the file is valid.
     """
     lines = text.splitlines()
     while lines and not lines[-1].strip():
@@ -116,7 +123,16 @@ def parse_classes(
     descriptions: List[List[str]] = []
     problems: List[str] = []
     first_line: Dict[str, int] = {}
+    ignore_line = 0
     for line_no, line in enumerate(lines, start=1):
+        if _IGNORE_LINE.match(line):
+            ignore_line = ignore_line or line_no
+            continue
+        if ignore_line:
+            problems.append(
+                f"{source}:{line_no}: class line after the 'ignore:' line {ignore_line} (line i "
+                f"is class id i-1: put 'ignore:' after the last class)"
+            )
         fields = [f.strip() for f in line.split("\t")]
         name = fields[0]
         if not name:
@@ -135,6 +151,48 @@ def parse_classes(
     return names, descriptions, problems
 
 
+# ``ignore: 11`` or ``ignore: 11, 12`` (case-insensitive); a class may still be called "ignore".
+_IGNORE_LINE = re.compile(r"^\s*ignore\s*:(?P<ids>.*)$", re.I)
+
+
+def parse_ignore_ids(
+    text: str, num_classes: Optional[int] = None, source: str = "classes.txt"
+) -> Tuple[List[int], List[str]]:
+    """The mask ids a ``classes.txt`` declares as "ignore" (besides 255, always ignored).
+
+    Args:
+        text: file content; every line ``ignore: <id>[, <id>...]`` (ids 0-255, separated by
+            spaces or commas) declares ids that masks use for pixels to leave out, e.g.
+            CamVid's void ``ignore: 11``. They are read as 255 when masks are loaded.
+        num_classes: ``C``; when given, a declared id must not be a class id ``0..C-1``.
+        source: file name used in the problem messages.
+
+    Returns:
+        ``(sorted ids, problems)``.
+    """
+    ids = set()
+    problems: List[str] = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        match = _IGNORE_LINE.match(line)
+        if match is None:
+            continue
+        tokens = match["ids"].replace(",", " ").split()
+        if not tokens or not all(t.isdigit() and int(t) <= 255 for t in tokens):
+            problems.append(
+                f"{source}:{line_no}: expected 'ignore: <id>' with mask ids 0-255, got "
+                f"{line.strip()!r}"
+            )
+            continue
+        for value in map(int, tokens):
+            if num_classes is not None and value < num_classes:
+                problems.append(
+                    f"{source}:{line_no}: ignore id {value} is class id {value} (classes are "
+                    f"0..{num_classes - 1}); an ignore id must be no class"
+                )
+            ids.add(value)
+    return sorted(ids), problems
+
+
 def read_classes(path: os.PathLike) -> Tuple[List[str], List[List[str]]]:
     """Read a ``classes.txt`` (see :func:`parse_classes`); raise on any problem.
 
@@ -148,6 +206,16 @@ def read_classes(path: os.PathLike) -> Tuple[List[str], List[List[str]]]:
     if problems:
         raise FolderDatasetError("\n".join(problems))
     return names, descriptions
+
+
+def read_ignore_ids(path: os.PathLike, num_classes: int) -> List[int]:
+    """The ``ignore:`` ids of a ``classes.txt`` (see :func:`parse_ignore_ids`); raise on any
+    problem."""
+    path = Path(path)
+    ids, problems = parse_ignore_ids(path.read_text(encoding=TEXT_ENCODING), num_classes, str(path))
+    if problems:
+        raise FolderDatasetError("\n".join(problems))
+    return ids
 
 
 @dataclass
@@ -278,8 +346,31 @@ def distinct_colors(num: int) -> List[RGB]:
 # ---- masks -----------------------------------------------------------------------------------
 
 
-def mask_to_ids(mask: Image.Image, palette: Optional[Palette], file_name: str) -> np.ndarray:
-    """Turn a mask image of any supported kind into class ids.
+def mask_to_ids(
+    mask: Image.Image,
+    palette: Optional[Palette],
+    file_name: str,
+    ignore_ids: Sequence[int] = (),
+) -> np.ndarray:
+    """Turn a mask image of any supported kind into class ids, with every ignore id as 255.
+
+    Args:
+        mask: the opened mask (see :func:`_decode_mask` for the supported kinds).
+        palette: colours of the classes, or None.
+        file_name: named in error messages.
+        ignore_ids: mask values that mean "ignore" besides 255 (classes.txt's ``ignore:``).
+
+    Returns:
+        uint8 ids ``[H, W]`` (255 = ignore; values are not checked against the class count).
+    """
+    ids = _decode_mask(mask, palette, file_name)
+    if len(ignore_ids):
+        ids[np.isin(ids, list(ignore_ids))] = IGNORE_LABEL
+    return ids
+
+
+def _decode_mask(mask: Image.Image, palette: Optional[Palette], file_name: str) -> np.ndarray:
+    """The values of a mask image of any supported kind (a new array).
 
     Supported: 8-bit grey (``L``), palette-mode (``P``: the index is the id, as in VOC),
     16/32-bit grey (values up to 255), 1-bit, and colour (``RGB``/``RGBA``, alpha ignored)
@@ -722,12 +813,20 @@ def resolve_palette_path(root: os.PathLike, palette: os.PathLike) -> Optional[Pa
 
 
 class _MaskResolver:
-    """Maps a split line's mask onto an 8-bit id PNG, converting other kinds into the cache."""
+    """Maps a split line's mask onto an 8-bit id PNG with 255 as the only ignore value,
+    converting other kinds (and, when classes.txt declares ignore ids, every mask) into the
+    cache."""
 
-    def __init__(self, root: Path, palette: Optional[Palette], cache: Path):
+    def __init__(
+        self, root: Path, palette: Optional[Palette], cache: Path, ignore_ids: Sequence[int] = ()
+    ):
         self.root = root
         self.palette = palette
-        self.cache = cache / "id_masks" / (palette.digest() if palette else "ids")
+        self.ignore_ids = list(ignore_ids)
+        key = palette.digest() if palette else "ids"
+        if self.ignore_ids:
+            key += "-ignore" + "_".join(map(str, self.ignore_ids))
+        self.cache = cache / "id_masks" / key
 
     def __call__(self, mask_rel: str) -> str:
         source = self.root / mask_rel
@@ -735,12 +834,12 @@ class _MaskResolver:
             return mask_rel
         try:
             with Image.open(source) as mask:
-                if mask.mode == "L" and mask.format == "PNG":
+                if mask.mode == "L" and mask.format == "PNG" and not self.ignore_ids:
                     return mask_rel
                 target = self.cache / Path(mask_rel).with_suffix(".png")
                 if target.is_file() and target.stat().st_mtime > source.stat().st_mtime:
                     return str(target)
-                ids = mask_to_ids(mask, self.palette, str(source))
+                ids = mask_to_ids(mask, self.palette, str(source), self.ignore_ids)
         except FolderDatasetError:
             raise
         except (OSError, SyntaxError, ValueError) as e:  # PIL's messages name no file
@@ -771,8 +870,9 @@ def register_folder(
     :func:`load_or_create_splits`) and registers each split with the standard metadata
     (``stuff_classes``, ``stuff_colors`` from the palette or :func:`distinct_colors`,
     ``ignore_label`` 255, ``evaluator_type`` sem_seg, ``class_descriptions``). Masks that need
-    converting are converted lazily, once, on ``DatasetCatalog.get``. Names registered before
-    are replaced.
+    converting (colour, palette-mode, 16-bit, or any mask when classes.txt declares ignore ids:
+    those ids become 255, the ``ignore_label`` the evaluator and the trainer see) are converted
+    lazily, once, on ``DatasetCatalog.get``. Names registered before are replaced.
 
     Args:
         root: the folder.
@@ -787,6 +887,7 @@ def register_folder(
     if not root.is_dir():
         raise FolderDatasetError(f"Folder dataset not found: {root}")
     class_names, descriptions = read_classes(root / "classes.txt")
+    ignore_ids = read_ignore_ids(root / "classes.txt", len(class_names))
     palette_path = resolve_palette_path(root, palette)
     pal = read_palette(palette_path, len(class_names)) if palette_path is not None else None
     colors = pal.class_colors if pal is not None else distinct_colors(len(class_names))
@@ -809,7 +910,7 @@ def register_folder(
         stuff_classes=class_names,
         stuff_colors=colors,
         ignore_label=IGNORE_LABEL,
-        resolve_mask=_MaskResolver(root, pal, cache),
+        resolve_mask=_MaskResolver(root, pal, cache, ignore_ids),
         class_descriptions=descriptions,
     )
     names = {k: f"{name}_{k}" for k in ("train_labeled", "train_unlabeled", "val")}
@@ -840,10 +941,11 @@ def register_folder(
         "val": len(splits.val),
     }
     logger.info(
-        "Registered folder dataset %s: %d classes, %s",
+        "Registered folder dataset %s: %d classes, %s%s",
         root,
         len(class_names),
         ", ".join(f"{names[k]}={v}" for k, v in counts.items()),
+        f"; mask ids {ignore_ids} read as ignore (255)" if ignore_ids else "",
     )
     return FolderDataset(root, names, class_names, counts, split_dir)
 
