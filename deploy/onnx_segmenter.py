@@ -69,7 +69,8 @@ def window_corners(
     """Top-left corners ``(y, x)`` of the windows covering an ``height x width`` image.
 
     The last row / column of windows is moved back to end at the image's border (HierVL's
-    ``_windows``); an image no larger than one window gets the single corner ``(0, 0)``.
+    ``hiervl.modeling.inference.window_corners``); an image no larger than one window gets the
+    single corner ``(0, 0)``.
     """
     (win_h, win_w), (step_h, step_w) = window, stride
     rows = max(-(-(height - win_h) // step_h), 0) + 1

@@ -4,8 +4,8 @@ image -> CLIP image encoder -> HSQG (class queries, relevance) -> pixel decoder 
 dual-query decoder -> set criterion + regularisers (training) or semantic map (inference).
 """
 
+import functools
 import logging
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -21,6 +21,7 @@ from .data.datasets.class_descriptions import dataset_class_descriptions
 from .modeling.clip import CLIPImageEncoder, PromptTextEncoder, build_open_clip_from_config
 from .modeling.criterion import HierVLCriterion, semantic_targets
 from .modeling.heads import HSQG, build_transformer_decoder
+from .modeling.inference import InferenceClasses, SemSegInference, predict_window
 from .modeling.pixel_decoder import build_pixel_decoder
 from .modeling.regularizers import (
     AnchorHead,
@@ -31,31 +32,9 @@ from .modeling.regularizers import (
     topology_loss,
 )
 
-__all__ = ["HierVL", "semantic_map"]
+__all__ = ["HierVL"]
 
 logger = logging.getLogger(__name__)
-
-
-def semantic_map(
-    outputs: Dict, keep: Optional[torch.Tensor] = None, probs: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``S(c, x) = sum_k softmax(l_k)(c) * sigmoid(m_k(x))`` over the kept rows.
-
-    Args:
-        outputs: ``{"pred_logits": [B, K, C+1], "pred_masks": [B, K, h, w]}``.
-        keep: ``[B, K]`` bool; rows with False are left out (default: all rows).
-        probs: ``[B, K, C']`` per-row class probabilities to use in place of
-            ``softmax(l_k)[:C]`` (class names other than the training ones, see
-            ``HierVL.set_inference_classes``).
-
-    Returns:
-        ``[B, C, h, w]`` (``[B, C', h, w]`` with ``probs``; not normalised over classes).
-    """
-    if probs is None:
-        probs = outputs["pred_logits"].float().softmax(-1)[..., :-1]
-    if keep is not None:
-        probs = probs * keep[..., None].to(probs.dtype)
-    return torch.einsum("bkc,bkhw->bchw", probs, outputs["pred_masks"].float().sigmoid())
 
 
 def _check_test_classes(test_datasets: Sequence[str], class_names: Sequence[str]) -> None:
@@ -99,13 +78,8 @@ class HierVL(nn.Module):
         masked_consistency_weight: float = 1.0,
         pixel_text_weight: float = 0.5,
         pixel_text_temperature: float = 0.07,
-        sliding_window: bool = True,
-        crop_size: Tuple[int, int] = (512, 512),
-        stride: Tuple[int, int] = (256, 256),
-        flip: bool = False,
-        scales: Sequence[float] = (1.0,),
+        semseg_inference: Optional[SemSegInference] = None,
         test_class_names: Optional[Sequence[str]] = None,
-        new_class_temperature: float = 0.07,
     ):
         """
         Args:
@@ -127,13 +101,10 @@ class HierVL(nn.Module):
             topo_weight / anchor_weight: Eq. 3 / Eq. 4 weights (0 = off); anchor_lambda: λ.
             masked_consistency_weight / pixel_text_weight: Eq. 6 / Eq. 7 weights (0 = off).
             pixel_text_temperature: τ of Eq. 7.
-            sliding_window: sliding-window inference for images larger than ``crop_size``.
-            crop_size / stride: ``(h, w)`` of the inference windows and their step.
-            flip / scales: test-time augmentation (horizontal flip, image scales).
+            semseg_inference: sliding windows and test-time augmentation of ``inference``
+                (default: ``SemSegInference(crop_size=(512, 512), stride=(256, 256))``).
             test_class_names: the classes ``inference`` predicts over (None: ``class_names``);
                 see ``set_inference_classes``.
-            new_class_temperature: temperature of the text-similarity softmax that scores
-                names which are not training classes.
         """
         super().__init__()
         self.image_encoder = image_encoder
@@ -173,16 +144,9 @@ class HierVL(nn.Module):
         self.masked_consistency_weight = masked_consistency_weight
         self.pixel_text_weight = pixel_text_weight
         self.pixel_text_temperature = pixel_text_temperature
-        self.sliding_window = sliding_window
-        self.crop_size = tuple(int(s) for s in crop_size)
-        self.stride = tuple(int(s) for s in stride)
-        if min(self.crop_size) <= 0 or min(self.stride) <= 0:
-            raise ValueError(f"crop size {crop_size} and stride {stride} must be positive")
-        self.flip = flip
-        self.scales = [float(s) for s in scales]
-        if new_class_temperature <= 0:
-            raise ValueError(f"new_class_temperature must be positive, got {new_class_temperature}")
-        self.new_class_temperature = float(new_class_temperature)
+        if semseg_inference is None:
+            semseg_inference = SemSegInference(crop_size=(512, 512), stride=(256, 256))
+        self.semseg_inference = semseg_inference
         self.set_inference_classes(test_class_names)
         if hsqg is None and masked_consistency_weight <= 0 and pixel_text_weight <= 0:
             # Nothing reads the global embedding or the dense text-space tokens: freeze the
@@ -221,7 +185,6 @@ class HierVL(nn.Module):
             hsqg = HSQG(cfg, text_dim=text_dim)
         num_levels = hsqg.num_levels if hsqg is not None else 1
         loss = hv.LOSS
-        test = hv.TEST
         return {
             "image_encoder": image_encoder,
             "text_encoder": text_encoder,
@@ -251,13 +214,8 @@ class HierVL(nn.Module):
             "masked_consistency_weight": loss.MASKED_CONSISTENCY_WEIGHT,
             "pixel_text_weight": loss.PIXEL_TEXT_WEIGHT,
             "pixel_text_temperature": loss.PIXEL_TEXT_TEMPERATURE,
-            "sliding_window": test.SLIDING_WINDOW,
-            "crop_size": tuple(test.CROP_SIZE),
-            "stride": tuple(test.STRIDE),
-            "flip": test.FLIP,
-            "scales": list(test.SCALES),
+            "semseg_inference": SemSegInference(cfg),
             "test_class_names": test_class_names,
-            "new_class_temperature": test.NEW_CLASS_TEMPERATURE,
         }
 
     @property
@@ -278,17 +236,11 @@ class HierVL(nn.Module):
         """Make ``inference`` predict over ``class_names`` (None: the training classes).
 
         The text queries are built from the given names with the learned prompts, so HSQG's
-        class rows and relevance gate follow the new list. The classifier ``W_cls`` of the
-        decoder has a fixed output per training class, so a row's probability of a name is:
-
-        - a training class's name (matched by name, in any order): ``softmax(l_k)`` of that
-          class, exactly as for the training list;
-        - any other name: the row's object probability ``1 - softmax(l_k)(no object)``,
-          shared over the requested names by ``softmax_c(cos(phi(z_k), t̂_c) / T)``, where
-          ``phi`` is the decoder's projection into CLIP's text space (trained by Eq. 2 to land
-          on the row's class embedding) and ``T`` is ``new_class_temperature``.
-
-        ``semantic_probs`` (the teacher's pseudo-labels) always uses the training classes.
+        class rows and relevance gate follow the new list. The classifier ``W_cls`` keeps its
+        output per training class: a training class's name (in any order) keeps it, other
+        names are scored by the text similarity of each row's CLIP-space embedding
+        (:func:`~hiervl.modeling.inference.row_class_probs`). ``semantic_probs`` (the
+        teacher's pseudo-labels) always uses the training classes.
 
         Args:
             class_names: ``C'`` names, or None for the training classes.
@@ -296,75 +248,25 @@ class HierVL(nn.Module):
                 prompts); None: a training class's own descriptions, none for other names.
 
         Raises:
-            ValueError: an empty list or name, a repeated name, or a name that is not a
-                training class on a model whose decoder has no ``phi`` (trained with
-                ``MODEL.HIERVL.LOSS.ALIGN_WEIGHT`` 0).
+            ValueError: see :meth:`~hiervl.modeling.inference.InferenceClasses.resolve`.
         """
-        if class_names is None:
-            names = list(self.class_names)
-        else:
-            names = [str(n).strip() for n in class_names]
-        if not names or not all(names):
-            raise ValueError(f"class names must be a non-empty list of non-empty names: {names}")
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"class names repeat: {repeated}")
-        index = {n: i for i, n in enumerate(self.class_names)}
-        source = [index.get(n, -1) for n in names]
-        new = [n for n, i in zip(names, source) if i < 0]
-        if new and getattr(self.decoder, "text_proj", None) is None:
-            raise ValueError(
-                f"{new} are not training classes of this model ({self.class_names}); scoring "
-                "them needs the decoder's text-space projection, which a model trained with "
-                "MODEL.HIERVL.LOSS.ALIGN_WEIGHT 0 does not have"
-            )
-        self.inference_class_names = names
-        # None = the training list as it is: the unchanged path of semantic_map.
-        self._class_source = None if names == self.class_names else torch.tensor(source)
-        if class_descriptions is not None:
-            if len(class_descriptions) != len(names):
-                raise ValueError(
-                    f"{len(class_descriptions)} description lists for {len(names)} class names"
-                )
-            self._inference_descriptions = [[str(d) for d in ds] for ds in class_descriptions]
-        elif self.class_descriptions is not None:
-            self._inference_descriptions = [
-                self.class_descriptions[i] if i >= 0 else [] for i in source
-            ]
-        else:
-            self._inference_descriptions = None
-        if new:
-            logger.info(
-                "HierVL predicts over %d classes; not training classes: %s", len(names), new
-            )
+        self.inference_classes = InferenceClasses.resolve(
+            class_names,
+            class_descriptions,
+            training_names=self.class_names,
+            training_descriptions=self.class_descriptions,
+            can_score_new_names=getattr(self.decoder, "text_proj", None) is not None,
+        )
+
+    @property
+    def inference_class_names(self) -> List[str]:
+        """The ``C'`` class names ``inference`` predicts over."""
+        return self.inference_classes.names
 
     def inference_text_embeddings(self) -> torch.Tensor:
         """``t̂ [C', Dt]`` of the classes ``inference`` predicts over."""
-        return self.text_encoder(self.inference_class_names, self._inference_descriptions)
-
-    def _row_class_probs(
-        self, outputs: Dict, text: torch.Tensor, source: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-row probabilities ``[B, K, C']`` of the inference classes (``set_inference_classes``).
-
-        Args:
-            outputs: decoder outputs (``pred_logits [B, K, C+1]``, ``pred_embeds [B, K, Dt]``).
-            text: ``[C', Dt]`` normalised embeddings of the inference classes.
-            source: ``[C']`` training class of each inference class, -1 for other names.
-        """
-        probs = outputs["pred_logits"].float().softmax(-1)
-        source = source.to(probs.device)
-        known = source >= 0
-        out = probs[..., source.clamp(min=0)]
-        # Without phi every name is a training class (set_inference_classes checks it). With
-        # phi, the torch.where below returns `out` itself when every name is known: no test of
-        # the values of `source` here, so that torch.export can trace this (tools/export_model).
-        if "pred_embeds" not in outputs:
-            return out
-        objectness = 1.0 - probs[..., -1:]
-        similarity = F.normalize(outputs["pred_embeds"].float(), dim=-1) @ text.float().t()
-        share = (similarity / self.new_class_temperature).softmax(-1)
-        return torch.where(known, out, objectness * share)
+        classes = self.inference_classes
+        return self.text_encoder(classes.names, classes.descriptions)
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
@@ -385,7 +287,7 @@ class HierVL(nn.Module):
             return images
         return F.pad(images, (0, target_w - width, 0, target_h - height))
 
-    def _run(
+    def encode_decode(
         self,
         images: torch.Tensor,
         text: torch.Tensor,
@@ -417,11 +319,11 @@ class HierVL(nn.Module):
                 k: v if k == "global" else F.dropout2d(v, feature_dropout, training=True)
                 for k, v in features.items()
             }
-        hs = None
+        hsqg_out = None
         queries = keep = None
         if self.hsqg is not None:
-            hs = self.hsqg(text, features["global"], presence)
-            queries, keep = hs["queries"], hs["keep"]
+            hsqg_out = self.hsqg(text, features["global"], presence)
+            queries, keep = hsqg_out["queries"], hsqg_out["keep"]
         attn = None
         if return_attn:
             mask_features, multi_scale, refined, attn = self.pixel_decoder(
@@ -431,7 +333,7 @@ class HierVL(nn.Module):
             mask_features, multi_scale, refined = self.pixel_decoder(features, queries, keep)
         if self.class_queries:
             outputs = self.decoder(multi_scale, mask_features, refined, keep)
-            class_rows = hs["row_class"]
+            class_rows = hsqg_out["row_class"]
         else:
             outputs = self.decoder(multi_scale, mask_features)
             class_rows = torch.zeros(0, dtype=torch.long, device=images.device)
@@ -443,7 +345,7 @@ class HierVL(nn.Module):
         )
         if return_attn:
             outputs["cmsam_attn"] = attn
-        return outputs, hs, torch.cat([class_rows, instance_rows])
+        return outputs, hsqg_out, torch.cat([class_rows, instance_rows])
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -501,7 +403,7 @@ class HierVL(nn.Module):
                 image (a class with target pixels never is); the class loss leaves out the rows
                 whose "no object" target is unknown (``HierVLCriterion``). None: none known.
             feature_dropout: channel-dropout probability on the encoder's feature maps (see
-                ``_run``).
+                ``encode_decode``).
             return_attn: put CMSAM's attention ``cmsam_attn`` in the returned outputs.
 
         Returns:
@@ -531,7 +433,7 @@ class HierVL(nn.Module):
             presence[b, target["labels"]] = True
 
         text = self.text_embeddings()
-        outputs, hs, row_classes = self._run(
+        outputs, hs, row_classes = self.encode_decode(
             images,
             text,
             presence if labeled else None,
@@ -584,7 +486,9 @@ class HierVL(nn.Module):
             ``aux_outputs``, ``cmsam_attn``.
         """
         normalized = (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
-        outputs, _, _ = self._run(self._pad(normalized), self.text_embeddings(), return_attn=True)
+        outputs, _, _ = self.encode_decode(
+            self._pad(normalized), self.text_embeddings(), return_attn=True
+        )
         return outputs
 
     def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -644,104 +548,33 @@ class HierVL(nn.Module):
             )
         return losses
 
-    # ---- inference ---------------------------------------------------------------------------
-    def _predict(
-        self, images: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
-    ):
-        """Semantic map and relevance of normalised images ``[B, 3, H, W]`` (any size).
-
-        Args:
-            images: ``[B, 3, H, W]``.
-            text: ``[C, Dt]`` embeddings of the classes to predict.
-            source: None when ``text`` is the training classes' (``text_embeddings``), else
-                ``[C]`` training class of each class (-1 for other names).
-
-        Returns:
-            ``S [B, C, H, W]`` at the input size and ``relevance [B, C]``.
-        """
-        height, width = images.shape[-2:]
-        padded = self._pad(images)
-        outputs, hs, _ = self._run(padded, text)
-        probs = None if source is None else self._row_class_probs(outputs, text, source)
-        sem = semantic_map(outputs, outputs["keep"], probs)
-        sem = F.interpolate(sem, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        if hs is not None:
-            relevance = hs["relevance"].float()
-        else:
-            relevance = sem.new_ones(images.shape[0], text.shape[0])
-        return sem[..., :height, :width], relevance
-
-    def _windows(self, height: int, width: int) -> List[Tuple[int, int]]:
-        """Top-left corners of the sliding windows covering an ``height x width`` image."""
-        (crop_h, crop_w), (step_h, step_w) = self.crop_size, self.stride
-        rows = max(math.ceil((height - crop_h) / step_h), 0) + 1
-        cols = max(math.ceil((width - crop_w) / step_w), 0) + 1
-        return [
-            (max(min(r * step_h, height - crop_h), 0), max(min(c * step_w, width - crop_w), 0))
-            for r in range(rows)
-            for c in range(cols)
-        ]
-
-    def _sliding(
-        self, image: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
-    ):
-        """``S [C, H, W]`` and relevance ``[C]`` (max over windows) of one normalised image
-        ``[3, H, W]``; whole image when sliding is off or it fits in one window. ``source``:
-        see ``_predict``."""
-        height, width = image.shape[-2:]
-        crop_h, crop_w = self.crop_size
-        if not self.sliding_window or (height <= crop_h and width <= crop_w):
-            sem, relevance = self._predict(image[None], text, source)
-            return sem[0], relevance[0]
-        corners = self._windows(height, width)
-        crops = torch.stack([image[:, y : y + crop_h, x : x + crop_w] for y, x in corners])
-        sems, relevances = self._predict(crops, text, source)
-        total = sems.new_zeros(sems.shape[1], height, width)
-        count = sems.new_zeros(1, height, width)
-        for (y, x), sem in zip(corners, sems):
-            h, w = sem.shape[-2:]
-            total[:, y : y + h, x : x + w] += sem
-            count[:, y : y + h, x : x + w] += 1
-        return total / count.clamp(min=1), relevances.max(0).values
-
-    def _test_time(
-        self, image: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
-    ):
-        """Average of ``_sliding`` over the test scales (and flips), at the input size."""
-        height, width = image.shape[-2:]
-        total, relevance, views = None, None, 0
-        for scale in self.scales:
-            if scale == 1.0:
-                scaled = image
-            else:
-                size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
-                scaled = F.interpolate(
-                    image[None], size=size, mode="bilinear", align_corners=False
-                )[0]
-            for flipped in [False, True] if self.flip else [False]:
-                view = scaled.flip(-1) if flipped else scaled
-                sem, rel = self._sliding(view, text, source)
-                if flipped:
-                    sem = sem.flip(-1)
-                if sem.shape[-2:] != (height, width):
-                    sem = F.interpolate(
-                        sem[None], size=(height, width), mode="bilinear", align_corners=False
-                    )[0]
-                total = sem if total is None else total + sem
-                relevance = rel if relevance is None else relevance + rel
-                views += 1
-        return total / views, relevance / views
+    # ---- inference (hiervl/modeling/inference.py) ---------------------------------------------
+    def window_predictor(self, text: torch.Tensor, source: Optional[torch.Tensor] = None):
+        """One window's prediction with this model's parts: normalised ``[B, 3, H, W]`` ->
+        ``(S [B, C, H, W], relevance [B, C])`` (:func:`~hiervl.modeling.inference.
+        predict_window`; ``text`` / ``source`` as there)."""
+        return functools.partial(
+            predict_window,
+            self.encode_decode,
+            self._pad,
+            text=text,
+            source=source,
+            temperature=self.semseg_inference.new_class_temperature,
+        )
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """Per input: ``{"sem_seg": [C, height, width], "relevance": [C]}`` (see ``forward``),
-        ``C`` over ``inference_class_names`` (``set_inference_classes``)."""
-        text = self.inference_text_embeddings()
+        ``C`` over ``inference_class_names`` (``set_inference_classes``); sliding windows and
+        test-time augmentation of ``semseg_inference``."""
+        predict = self.window_predictor(
+            self.inference_text_embeddings(), self.inference_classes.source
+        )
         results = []
         for x in batched_inputs:
             image = self._normalize(x["image"])
             height, width = image.shape[-2:]
-            sem, relevance = self._test_time(image, text, self._class_source)
+            sem, relevance = self.semseg_inference.test_time(predict, image)
             out_h, out_w = x.get("height", height), x.get("width", width)
             sem = sem_seg_postprocess(sem, (height, width), out_h, out_w)
             results.append({"sem_seg": sem, "relevance": relevance})
@@ -758,13 +591,5 @@ class HierVL(nn.Module):
         Returns:
             ``[B, C, H, W]``, summing to 1 over classes.
         """
-        text = self.text_embeddings()
-        height, width = images.shape[-2:]
-        crop_h, crop_w = self.crop_size
-        if not self.sliding_window or (height <= crop_h and width <= crop_w):
-            sem, _ = self._predict(images.to(self.device).float(), text)
-        else:
-            sem = torch.stack(
-                [self._sliding(img.to(self.device).float(), text)[0] for img in images]
-            )
-        return sem / sem.sum(1, keepdim=True).clamp(min=1e-6)
+        predict = self.window_predictor(self.text_embeddings())
+        return self.semseg_inference.probabilities(predict, images.to(self.device).float())

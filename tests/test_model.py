@@ -121,20 +121,21 @@ def test_sliding_window_whole_image_and_tta():
     model = _model(cfg).eval()
     image = torch.randint(0, 256, (3, 100, 130), dtype=torch.uint8)
     # 64-px windows with stride 48 cover a 100 x 130 image with 2 x 3 windows
-    assert model._windows(100, 130) == [(0, 0), (0, 48), (0, 66), (36, 0), (36, 48), (36, 66)]
+    tta = model.semseg_inference
+    assert tta.windows(100, 130) == [(0, 0), (0, 48), (0, 66), (36, 0), (36, 48), (36, 66)]
     sliding = model([{"image": image}])[0]["sem_seg"]
-    model.sliding_window = False
+    tta.sliding_window = False
     whole = model([{"image": image}])[0]["sem_seg"]
     assert sliding.shape == whole.shape == (8, 100, 130)
     assert not torch.allclose(sliding, whole)
     # a window larger than the image runs it whole
-    model.sliding_window, model.crop_size = True, (256, 256)
+    tta.sliding_window, tta.crop_size = True, (256, 256)
     torch.testing.assert_close(model([{"image": image}])[0]["sem_seg"], whole)
     # TTA: flip + two scales, averaged at the input size
-    model.flip, model.scales = True, [0.75, 1.0]
+    tta.flip, tta.scales = True, [0.75, 1.0]
     tta = model([{"image": image}])[0]["sem_seg"]
     assert tta.shape == (8, 100, 130) and torch.isfinite(tta).all()
-    model.scales = [1.0]
+    tta.scales = [1.0]
     flip_only = model([{"image": image}])[0]["sem_seg"]
     mirrored = model([{"image": image.flip(-1)}])[0]["sem_seg"]
     torch.testing.assert_close(flip_only, mirrored.flip(-1), rtol=1e-4, atol=1e-5)
@@ -305,12 +306,12 @@ def test_feature_dropout_perturbs_the_pixel_features_not_the_global_embedding(mo
     images = model._normalize(_inputs(count=1)[0]["image"])[None]
     text = model.text_embeddings()
     with torch.no_grad():
-        clean, hs_clean, _ = model._run(images, text)
-        again, _, _ = model._run(images, text)
-        perturbed, hs_perturbed, _ = model._run(images, text, feature_dropout=0.5)
+        clean, hsqg_clean, _ = model.encode_decode(images, text)
+        again, _, _ = model.encode_decode(images, text)
+        perturbed, hsqg_perturbed, _ = model.encode_decode(images, text, feature_dropout=0.5)
     torch.testing.assert_close(clean["pred_masks"], again["pred_masks"])
     assert not torch.allclose(clean["pred_masks"], perturbed["pred_masks"])
-    torch.testing.assert_close(hs_clean["relevance_logits"], hs_perturbed["relevance_logits"])
+    torch.testing.assert_close(hsqg_clean["relevance_logits"], hsqg_perturbed["relevance_logits"])
     # through the training losses
     losses = _train_step(model, unlabeled=_inputs(), feature_dropout=0.5)
     assert all(torch.isfinite(v) for v in losses.values())

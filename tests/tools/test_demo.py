@@ -230,14 +230,15 @@ def test_real_model_tta_through_predictor():
         cfg, metadata=MetadataCatalog.get("hiervl_demo_val"), show_gt=True
     )
     model = vis.predictor.model
-    assert model.flip and model.scales == [0.75, 1.0]
+    tta = model.semseg_inference
+    assert tta.flip and tta.scales == [0.75, 1.0]
     image, _ = _scene(70, 90, 5)
     outputs, picture = vis.run_on_image(image)
     assert outputs["sem_seg"].shape == (len(DEMO_CLASSES), 70, 90)
     assert outputs["relevance"].shape == (len(DEMO_CLASSES),)
     assert torch.isfinite(outputs["sem_seg"]).all() and (outputs["sem_seg"] >= 0).all()
     assert picture.shape[0] > 70 and picture.shape[1:] == (180, 3)  # + the caption strip
-    model.flip, model.scales = False, [1.0]
+    tta.flip, tta.scales = False, [1.0]
     plain = vis.predictor(image)["sem_seg"]
     assert plain.shape == outputs["sem_seg"].shape
     assert not torch.allclose(plain, outputs["sem_seg"])
