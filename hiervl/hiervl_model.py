@@ -175,8 +175,13 @@ class HierVL(nn.Module):
             )
         test_class_names = [str(n) for n in hv.TEST.CLASS_NAMES] or None
         _check_test_classes(cfg.DATASETS.TEST, test_class_names or list(class_names))
+        loss = hv.LOSS
         clip_model = build_open_clip_from_config(cfg)
-        image_encoder = CLIPImageEncoder(cfg, clip_model=clip_model)
+        # The loss weights decide here, and only here, which optional parts exist: the frozen
+        # ViT copy of Eq. 6, the text-space projection phi of Eq. 2 and the MLP h of Eq. 4.
+        image_encoder = CLIPImageEncoder(
+            cfg, clip_model=clip_model, frozen_copy=loss.MASKED_CONSISTENCY_WEIGHT > 0
+        )
         text_encoder = PromptTextEncoder(cfg, clip_model=clip_model)
         text_dim = text_encoder.embed_dim
         class_queries = hv.DECODER.CLASS_QUERIES_ENABLED
@@ -184,7 +189,6 @@ class HierVL(nn.Module):
         if class_queries or hv.PIXEL_DECODER.CMSAM_ENABLED:
             hsqg = HSQG(cfg, text_dim=text_dim)
         num_levels = hsqg.num_levels if hsqg is not None else 1
-        loss = hv.LOSS
         return {
             "image_encoder": image_encoder,
             "text_encoder": text_encoder,
@@ -196,6 +200,7 @@ class HierVL(nn.Module):
                 text_dim=text_dim,
                 num_class_rows=hv.NUM_CLASSES * num_levels if class_queries else 0,
                 num_levels=num_levels,
+                predict_embeds=loss.ALIGN_WEIGHT > 0,
             ),
             "criterion": HierVLCriterion(cfg),
             "class_names": list(class_names),

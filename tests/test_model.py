@@ -12,6 +12,8 @@ from detectron2.modeling import build_model
 import hiervl.hiervl_model  # noqa: F401  (registers the META_ARCH)
 from hiervl import add_hiervl_config
 from hiervl.hiervl_model import HierVL
+from hiervl.modeling.clip import CLIPImageEncoder
+from hiervl.modeling.heads import build_transformer_decoder
 from hiervl.utils.testing import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -330,6 +332,31 @@ def test_bad_inputs_give_finite_losses(model):
     # confidence weights all zero, and random ones
     weights = [torch.zeros(48, 80), torch.rand(48, 80)]
     _train_step(model, unlabeled=_inputs(height=48, width=80), weights=weights)
+
+
+def test_loss_weights_shape_the_model_only_through_the_meta_arch():
+    """A loss weight decides whether a part exists (the frozen ViT copy of Eq. 6, the
+    text-space projection of Eq. 2): ``HierVL.from_config`` decides it and passes it down; the
+    encoder's and decoder's own ``from_config`` read no loss weight (they used to, so a loss
+    weight changed a module's structure and checkpoint keys behind the caller's back)."""
+    cfg = tiny_config(
+        MODEL__HIERVL__LOSS__ALIGN_WEIGHT=0.0, MODEL__HIERVL__LOSS__MASKED_CONSISTENCY_WEIGHT=0.0
+    )
+    model = _model(cfg)
+    assert model.image_encoder.frozen_visual is None and model.decoder.text_proj is None
+    assert not any(
+        k.startswith(("image_encoder.frozen_visual", "decoder.text_proj"))
+        for k in model.state_dict()
+    )
+    # the same config, the parts asked for by the caller
+    decoder = build_transformer_decoder(
+        cfg, num_classes=8, text_dim=64, num_class_rows=0, num_levels=1, predict_embeds=True
+    )
+    assert decoder.text_proj is not None
+    encoder = CLIPImageEncoder(cfg, frozen_copy=True)
+    assert encoder.frozen_visual is not None
+    full = _model(tiny_config())
+    assert full.image_encoder.frozen_visual is not None and full.decoder.text_proj is not None
 
 
 def _ablation_cfg(path):

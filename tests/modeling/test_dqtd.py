@@ -165,7 +165,8 @@ def test_registry_build_from_config():
     cfg = tiny_config()
     assert "DualQueryTransformerDecoder" in TRANSFORMER_DECODER_REGISTRY
     dec = build_transformer_decoder(
-        cfg, num_classes=8, text_dim=64, num_class_rows=16, num_levels=2
+        cfg, num_classes=8, text_dim=64, num_class_rows=16, num_levels=2, predict_embeds=False
     )
+    assert dec.text_proj is None
     assert dec.num_rows == 16 + cfg.MODEL.HIERVL.DECODER.NUM_INSTANCE_QUERIES
     assert len(dec.layers) == cfg.MODEL.HIERVL.DECODER.NUM_LAYERS

@@ -144,9 +144,10 @@ class CLIPImageEncoder(nn.Module):
         self._pos_cache: Dict[Tuple, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, cfg, clip_model: Optional[nn.Module] = None):
+    def from_config(cls, cfg, clip_model: Optional[nn.Module] = None, *, frozen_copy: bool = False):
         """``clip_model``: an already built open_clip model to share with the text encoder;
-        None builds one from MODEL.HIERVL.CLIP."""
+        None builds one from MODEL.HIERVL.CLIP. ``frozen_copy``: see ``__init__`` (the
+        META_ARCH decides it from the loss weights)."""
         clip_cfg = cfg.MODEL.HIERVL.CLIP
         if clip_model is None:
             clip_model = build_open_clip_from_config(cfg)
@@ -154,7 +155,7 @@ class CLIPImageEncoder(nn.Module):
             "visual": clip_model.visual,
             "feature_layers": list(clip_cfg.FEATURE_LAYERS),
             "conv_dim": cfg.MODEL.HIERVL.PIXEL_DECODER.CONV_DIM,
-            "frozen_copy": cfg.MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT > 0,
+            "frozen_copy": frozen_copy,
         }
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
@@ -288,8 +289,8 @@ class CLIPImageEncoder(nn.Module):
         """
         if self.frozen_visual is None:
             raise RuntimeError(
-                "CLIPImageEncoder has no frozen copy (MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT"
-                " is 0)"
+                "CLIPImageEncoder has no frozen copy (built with frozen_copy=False: "
+                "MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT is 0)"
             )
         with torch.no_grad():
             _, x = self._run_vit(self.frozen_visual, images, ())

@@ -30,12 +30,18 @@ TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = """
 Registry for the transformer decoders of HierVL: they turn queries and pixel features into
 per-row class logits, mask logits and text-space embeddings. Called with
-``(cfg, *, num_classes, text_dim, num_class_rows, num_levels)``.
+``(cfg, *, num_classes, text_dim, num_class_rows, num_levels, predict_embeds)``.
 """
 
 
 def build_transformer_decoder(
-    cfg, *, num_classes: int, text_dim: int, num_class_rows: int, num_levels: int
+    cfg,
+    *,
+    num_classes: int,
+    text_dim: int,
+    num_class_rows: int,
+    num_levels: int,
+    predict_embeds: bool,
 ) -> nn.Module:
     """Build the decoder named by ``cfg.MODEL.HIERVL.DECODER.NAME``.
 
@@ -46,6 +52,8 @@ def build_transformer_decoder(
         num_class_rows: ``C·E``, rows coming from the HSQG / CMSAM (0 when class queries are off).
         num_levels: ``E``, hierarchy levels of the class rows (rows ordered level-major per
             class: row ``c*E + e``).
+        predict_embeds: output ``pred_embeds`` (the META_ARCH decides it: the alignment loss
+            of Eq. 2 is on).
     """
     name = cfg.MODEL.HIERVL.DECODER.NAME
     return TRANSFORMER_DECODER_REGISTRY.get(name)(
@@ -54,6 +62,7 @@ def build_transformer_decoder(
         text_dim=text_dim,
         num_class_rows=num_class_rows,
         num_levels=num_levels,
+        predict_embeds=predict_embeds,
     )
 
 
@@ -250,7 +259,14 @@ class DualQueryTransformerDecoder(nn.Module):
 
     @classmethod
     def from_config(
-        cls, cfg, *, num_classes: int, text_dim: int, num_class_rows: int, num_levels: int
+        cls,
+        cfg,
+        *,
+        num_classes: int,
+        text_dim: int,
+        num_class_rows: int,
+        num_levels: int,
+        predict_embeds: bool = True,
     ) -> dict:
         dec = cfg.MODEL.HIERVL.DECODER
         pd = cfg.MODEL.HIERVL.PIXEL_DECODER
@@ -268,7 +284,7 @@ class DualQueryTransformerDecoder(nn.Module):
             "num_layers": dec.NUM_LAYERS,
             "dropout": dec.DROPOUT,
             "pre_norm": dec.PRE_NORM,
-            "predict_embeds": cfg.MODEL.HIERVL.LOSS.ALIGN_WEIGHT > 0,
+            "predict_embeds": predict_embeds,
         }
 
     @property
