@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
+from torchvision.models.convnext import LayerNorm2d
 
 from .factory import build_open_clip_from_config
 
@@ -44,13 +45,6 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
-class _LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a ``[B, C, H, W]`` map (ViTDet's simple pyramid)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 def _pyramid_level(width: int, patch_size: int, stride: int, out_dim: int) -> nn.Sequential:
     """Rescale a ``[B, width, H/p, W/p]`` token map to ``stride``, then 1x1 conv + norm."""
     layers: List[nn.Module] = []
@@ -63,7 +57,8 @@ def _pyramid_level(width: int, patch_size: int, stride: int, out_dim: int) -> nn
             nxt = max(channels // 2, out_dim // 2, 1)
             layers.append(nn.ConvTranspose2d(channels, nxt, kernel_size=2, stride=2))
             if i < steps - 1:
-                layers += [_LayerNorm2d(nxt), nn.GELU()]
+                # LayerNorm over the channels of the map (ViTDet's simple pyramid).
+                layers += [LayerNorm2d(nxt), nn.GELU()]
             channels = nxt
     elif stride > patch_size:
         factor = stride // patch_size
