@@ -9,6 +9,7 @@ After the input and after every layer, a shared head predicts for each row ``k``
 stride-4 per-pixel embedding ``P``, and a projection ``phi(z_k)`` into CLIP's text space (Eq. 2).
 """
 
+import re
 from typing import Dict, List, Optional
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
+from torchvision.ops import MLP
 
 from ..pixel_decoder.position_encoding import PositionEmbeddingSine
 
@@ -23,7 +25,6 @@ __all__ = [
     "TRANSFORMER_DECODER_REGISTRY",
     "build_transformer_decoder",
     "DualQueryTransformerDecoder",
-    "MLP",
 ]
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
@@ -66,25 +67,9 @@ def build_transformer_decoder(
     )
 
 
-class MLP(nn.Module):
-    """Plain multi-layer perceptron with ReLU between layers."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
-        """
-        Args:
-            in_dim / hidden_dim / out_dim: channel sizes.
-            num_layers: number of linear layers (>= 1).
-        """
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
+# Checkpoints written before the mask MLP was torchvision's: ``mask_embed.layers.<i>.`` holds
+# what is now ``mask_embed.<3 i>.`` (torchvision's MLP is Linear, ReLU, Dropout per layer).
+_OLD_MASK_EMBED_KEY = re.compile(r"mask_embed\.layers\.(\d+)\.")
 
 
 class _Attention(nn.Module):
@@ -254,7 +239,8 @@ class DualQueryTransformerDecoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # m_k's kernel: 3 linear layers with ReLU between (the last without), no dropout.
+        self.mask_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, mask_dim])
         self.text_proj = nn.Linear(hidden_dim, text_dim) if predict_embeds else None
 
     @classmethod
@@ -286,6 +272,15 @@ class DualQueryTransformerDecoder(nn.Module):
             "pre_norm": dec.PRE_NORM,
             "predict_embeds": predict_embeds,
         }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also load checkpoints written before ``mask_embed`` was torchvision's MLP: their
+        ``mask_embed.layers.<i>`` keys are renamed to ``mask_embed.<3 i>``."""
+        for key in [k for k in state_dict if k.startswith(prefix + "mask_embed.layers.")]:
+            rest = key[len(prefix) :]
+            new = _OLD_MASK_EMBED_KEY.sub(lambda m: f"mask_embed.{3 * int(m.group(1))}.", rest)
+            state_dict[prefix + new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_rows(self) -> int:
