@@ -28,9 +28,12 @@ def add_hiervl_config(cfg: CN) -> None:
     # demo, the tools and --resume always need a checkpoint that fits whole.
     cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
 
+    # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19);
+    # a folder dataset sets it from its classes.txt. detectron2's key, as in Mask2Former.
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 21
+    cfg.register_renamed_key("MODEL.HIERVL.NUM_CLASSES", "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
+
     hv = cfg.MODEL.HIERVL = CN()
-    # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19).
-    hv.NUM_CLASSES = 21
     # Size divisibility of padded input batches (the ViT patch size is a divisor).
     hv.SIZE_DIVISIBILITY = 32
 
@@ -284,7 +287,7 @@ def load_config(
     those of a project such as HVLFormer), ``config_file``, then command-line ``opts``.
 
     A folder dataset named by ``DATASETS.CUSTOM.ROOT`` is registered here (it also sets
-    ``MODEL.HIERVL.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
     tools see the same datasets. ``MODEL.DEVICE`` "cuda" on a machine without a usable CUDA GPU
     becomes "cpu", with a warning.
     """

@@ -122,7 +122,7 @@ class HierVL(nn.Module):
         if criterion.num_classes != self.num_classes:
             raise ValueError(
                 f"{self.num_classes} class names but the criterion has {criterion.num_classes} "
-                f"classes (MODEL.HIERVL.NUM_CLASSES)"
+                f"classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
             )
         self.class_queries = getattr(decoder, "num_class_rows", 0) > 0
         if self.class_queries and hsqg is None:
@@ -168,9 +168,10 @@ class HierVL(nn.Module):
                 f"dataset {cfg.DATASETS.TRAIN[0]!r} has no 'stuff_classes' metadata; register it "
                 f"(import hiervl.data.datasets) before building the model"
             )
-        if len(class_names) != hv.NUM_CLASSES:
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        if len(class_names) != num_classes:
             raise ValueError(
-                f"MODEL.HIERVL.NUM_CLASSES={hv.NUM_CLASSES} but {cfg.DATASETS.TRAIN[0]!r} has "
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but {cfg.DATASETS.TRAIN[0]!r} has "
                 f"{len(class_names)} classes"
             )
         test_class_names = [str(n) for n in hv.TEST.CLASS_NAMES] or None
@@ -196,9 +197,9 @@ class HierVL(nn.Module):
             "pixel_decoder": build_pixel_decoder(cfg, image_encoder.output_shape()),
             "decoder": build_transformer_decoder(
                 cfg,
-                num_classes=hv.NUM_CLASSES,
+                num_classes=num_classes,
                 text_dim=text_dim,
-                num_class_rows=hv.NUM_CLASSES * num_levels if class_queries else 0,
+                num_class_rows=num_classes * num_levels if class_queries else 0,
                 num_levels=num_levels,
                 predict_embeds=loss.ALIGN_WEIGHT > 0,
             ),

@@ -147,7 +147,7 @@ class HierVLCriterion(nn.Module):
     def from_config(cls, cfg) -> dict:
         loss = cfg.MODEL.HIERVL.LOSS
         return {
-            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "matcher": HungarianMatcher(
                 cost_class=loss.CLASS_WEIGHT,
                 cost_mask=loss.MASK_WEIGHT,

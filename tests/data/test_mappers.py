@@ -135,13 +135,13 @@ def test_mask_ids_outside_the_classes_are_an_error_naming_the_file(tmp_path):
     mask[0, 0], mask[5, 5], mask[6, 6] = 255, 5, 7
     Image.fromarray(mask).save(tmp_path / "mask.png")
     cfg = _cfg()
-    cfg.MODEL.HIERVL.NUM_CLASSES = 5
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
     mapper = build_dataset_mapper(cfg, "semantic_labeled", is_train=True)
     with pytest.raises(
         ValueError, match=r"ids \[5, 7\] outside 0\.\.4 and ignore 255 \(.*mask\.png"
     ):
         mapper(record, rng=np.random.default_rng(0))
-    cfg.MODEL.HIERVL.NUM_CLASSES = 8
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 8
     assert build_dataset_mapper(cfg, "semantic_labeled")(record)["sem_seg"].max() == 255
 
 

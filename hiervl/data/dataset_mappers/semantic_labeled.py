@@ -84,7 +84,7 @@ class SemanticLabeledMapper:
             "ratio_range": tuple(cfg.INPUT.RESIZE_RATIO_RANGE),
             "crop_size": tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
             "single_category_max_area": cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         }
 
     def __call__(self, dataset_dict: dict, rng: Optional[np.random.Generator] = None) -> dict:
