@@ -20,7 +20,7 @@ Steps (those of ``HierVL.inference`` outside the exported graph):
 3. the windows run in batches; their scores are averaged where windows overlap and the label
    of a pixel is the argmax over classes.
 
-Not done here: test-time flips and scales (``MODEL.HIERVL.TEST.FLIP`` / ``SCALES``) and
+Not done here: test-time flips and scales (``TEST.AUG``) and
 detectron2's test-time resize (``INPUT.MIN_SIZE_TEST``; HierVL's configs keep images at their
 own size).
 

@@ -14,6 +14,21 @@ from detectron2.config import get_cfg
 
 logger = logging.getLogger(__name__)
 
+# Keys we had before taking detectron2's / Mask2Former's: a config or command line that sets the
+# old one stops with an error naming the new one (yacs' renamed keys).
+_RENAMED_KEYS = {
+    "MODEL.HIERVL.NUM_CLASSES": "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+    "MODEL.HIERVL.TEST.FLIP": (
+        "TEST.AUG.FLIP",
+        "test-time augmentation is on with TEST.AUG.ENABLED",
+    ),
+    "MODEL.HIERVL.TEST.SCALES": (
+        "TEST.AUG.MIN_SIZES",
+        "detectron2's shortest-edge sizes in pixels (at most TEST.AUG.MAX_SIZE long), not scale "
+        "factors; test-time augmentation is on with TEST.AUG.ENABLED",
+    ),
+}
+
 
 def add_hiervl_config(cfg: CN) -> None:
     """Add HierVL's keys (model, semi-supervised training, data, test) to ``cfg`` in place."""
@@ -31,7 +46,10 @@ def add_hiervl_config(cfg: CN) -> None:
     # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19);
     # a folder dataset sets it from its classes.txt. detectron2's key, as in Mask2Former.
     cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 21
-    cfg.register_renamed_key("MODEL.HIERVL.NUM_CLASSES", "MODEL.SEM_SEG_HEAD.NUM_CLASSES")
+    for old, new in _RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            new, message = new if isinstance(new, tuple) else (new, None)
+            cfg.register_renamed_key(old, new, message)
 
     hv = cfg.MODEL.HIERVL = CN()
     # Size divisibility of padded input batches (the ViT patch size is a divisor).
@@ -163,9 +181,8 @@ def add_hiervl_config(cfg: CN) -> None:
     # Window size and stride (50 % overlap by default).
     ts.CROP_SIZE = [512, 512]
     ts.STRIDE = [256, 256]
-    # Test-time augmentation: horizontal flip and extra scales (1.0 = none).
-    ts.FLIP = False
-    ts.SCALES = [1.0]
+    # Test-time augmentation: detectron2's TEST.AUG.ENABLED, MIN_SIZES (shortest edge of each
+    # view), MAX_SIZE and FLIP, read by hiervl/modeling/inference.py (off by default).
     # Evaluate the EMA teacher when the checkpoint has one.
     ts.USE_TEACHER = True
     # Also evaluate the student when evaluating the teacher during training.

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
@@ -576,15 +575,7 @@ class HierVL(nn.Module):
         predict = self.window_predictor(
             self.inference_text_embeddings(), self.inference_classes.source
         )
-        results = []
-        for x in batched_inputs:
-            image = self._normalize(x["image"])
-            height, width = image.shape[-2:]
-            sem, relevance = self.semseg_inference.test_time(predict, image)
-            out_h, out_w = x.get("height", height), x.get("width", width)
-            sem = sem_seg_postprocess(sem, (height, width), out_h, out_w)
-            results.append({"sem_seg": sem, "relevance": relevance})
-        return results
+        return [self.semseg_inference(predict, self._normalize, x) for x in batched_inputs]
 
     @torch.no_grad()
     def semantic_probs(self, images: torch.Tensor) -> torch.Tensor:

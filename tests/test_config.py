@@ -84,8 +84,9 @@ def test_config_round_trip(tmp_path):
 
 
 def test_mask2former_keys_and_the_renamed_ones(tmp_path):
-    """Where the concept is Mask2Former's, the key is too: MODEL.SEM_SEG_HEAD.NUM_CLASSES. The
-    old key stops with a message naming the new one, from a file or the command line."""
+    """Where the concept is Mask2Former's, the key is too: MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+    TEST.AUG.*. An old key stops with a message naming the new one, from a file or the command
+    line."""
     from hiervl import load_config
 
     cfg = load_config(opts=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 8])
@@ -95,3 +96,7 @@ def test_mask2former_keys_and_the_renamed_ones(tmp_path):
     for kwargs in ({"opts": ["MODEL.HIERVL.NUM_CLASSES", 8]}, {"config_file": str(path)}):
         with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES"):
             load_config(**kwargs)
+    with pytest.raises(KeyError, match="TEST.AUG.FLIP"):
+        load_config(opts=["MODEL.HIERVL.TEST.FLIP", True])
+    with pytest.raises(KeyError, match="TEST.AUG.MIN_SIZES.*shortest-edge"):
+        load_config(opts=["MODEL.HIERVL.TEST.SCALES", [0.75, 1.0]])

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.modeling import build_model
+from detectron2.modeling import DatasetMapperTTA, build_model
 
 import hiervl.hiervl_model  # noqa: F401  (registers the META_ARCH)
 from hiervl import add_hiervl_config
@@ -133,14 +133,35 @@ def test_sliding_window_whole_image_and_tta():
     # a window larger than the image runs it whole
     tta.sliding_window, tta.crop_size = True, (256, 256)
     torch.testing.assert_close(model([{"image": image}])[0]["sem_seg"], whole)
-    # TTA: flip + two scales, averaged at the input size
-    tta.flip, tta.scales = True, [0.75, 1.0]
-    tta = model([{"image": image}])[0]["sem_seg"]
-    assert tta.shape == (8, 100, 130) and torch.isfinite(tta).all()
-    tta.scales = [1.0]
+    # TTA: detectron2's views (shortest edge 75 and 100 px, and their flips), averaged at the
+    # input size
+    tta.tta = DatasetMapperTTA(min_sizes=[75, 100], max_size=1000, flip=True)
+    augmented = model([{"image": image}])[0]["sem_seg"]
+    assert augmented.shape == (8, 100, 130) and torch.isfinite(augmented).all()
+    assert not torch.allclose(augmented, whole)
+    # flip only (the input size and its mirror): the mean of the plain and mirrored maps
+    tta.tta = DatasetMapperTTA(min_sizes=[100], max_size=1000, flip=True)
     flip_only = model([{"image": image}])[0]["sem_seg"]
     mirrored = model([{"image": image.flip(-1)}])[0]["sem_seg"]
     torch.testing.assert_close(flip_only, mirrored.flip(-1), rtol=1e-4, atol=1e-5)
+    tta.tta = None
+    plain = model([{"image": image}])[0]["sem_seg"]
+    plain_of_mirror = model([{"image": image.flip(-1)}])[0]["sem_seg"]
+    torch.testing.assert_close(flip_only, (plain + plain_of_mirror.flip(-1)) / 2)
+
+
+def test_test_time_augmentation_reads_detectron2s_keys():
+    """TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}, as in detectron2 and Mask2Former (the
+    views: detectron2's DatasetMapperTTA); off by default."""
+    assert _model().semseg_inference.tta is None
+    cfg = tiny_config(TEST__AUG__ENABLED=True, TEST__AUG__MIN_SIZES=[48, 96], TEST__AUG__FLIP=True)
+    views = _model(cfg).semseg_inference._views(torch.zeros(3, 64, 80, dtype=torch.uint8))
+    assert [(tuple(v.shape[-2:]), flipped) for v, flipped in views] == [
+        ((48, 60), False),
+        ((48, 60), True),
+        ((96, 120), False),
+        ((96, 120), True),
+    ]
 
 
 def test_semantic_probs_is_a_distribution(model):

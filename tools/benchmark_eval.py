@@ -119,7 +119,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, str]:
     total = sum(times)
     ips = len(times) / total
     windows = ", ".join(f"{h}x{w}: {num_windows(h, w, crop, stride)}" for h, w in sizes)
-    tta = f"flip {test.FLIP}, scales {list(test.SCALES)}"
+    aug = cfg.TEST.AUG
+    tta = (
+        f"TTA shortest edges {list(aug.MIN_SIZES)} (max {aug.MAX_SIZE}), flip {aug.FLIP}"
+        if aug.ENABLED
+        else "no TTA"
+    )
     figures = {
         "config": "tiny_config (hiervl.utils.testing)" if args.tiny else args.config_file,
         "device": bm.device_description(device),

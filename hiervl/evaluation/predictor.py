@@ -5,7 +5,7 @@
 one and ``MODEL.HIERVL.TEST.USE_TEACHER``), resizes like detectron2's test mapper
 (``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, skipped when
 ``MIN_SIZE_TEST`` is 0) and returns the model's output at the input's own size. Sliding window
-and flip / multi-scale TTA happen inside the model (``MODEL.HIERVL.TEST``). Given
+(``MODEL.HIERVL.TEST``) and flip / multi-scale TTA (``TEST.AUG``) happen inside the model. Given
 ``class_names``, the model predicts over those names (``HierVL.set_inference_classes``).
 """
 

@@ -21,6 +21,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.data.transforms import HFlipTransform
+from detectron2.modeling import DatasetMapperTTA
+from detectron2.modeling.postprocessing import sem_seg_postprocess
 
 __all__ = [
     "InferenceClasses",
@@ -238,8 +241,18 @@ class SemSegInference:
 
     An image larger than ``crop_size`` is cut into overlapping windows (``window_corners``);
     the window maps are averaged where they overlap and the relevance is the maximum over
-    windows. Test-time augmentation averages the result over image scales and horizontal
-    flips, each resized back to the input size.
+    windows. With test-time augmentation (detectron2's ``TEST.AUG``), detectron2's
+    ``DatasetMapperTTA`` makes the views of the input image (its shortest edge resized to each
+    of ``TEST.AUG.MIN_SIZES``, at most ``TEST.AUG.MAX_SIZE`` long, and their horizontal flips);
+    each view runs through the sliding windows, its map is flipped back and resized to the
+    input size, and maps and relevances are averaged over the views. Without it the input
+    image is the one view.
+
+    The views are made here, inside the model's ``inference``, and not by a wrapper around the
+    model as Mask2Former's ``SemanticSegmentorWithTTA`` does: every caller of the model (the
+    evaluation during and after training, ``HierVLPredictor``, the demo and the tools) gets
+    the same test-time augmentation, the relevance is averaged with the maps, and the teacher's
+    pseudo-labels (``probabilities``) stay without it.
     """
 
     @configurable
@@ -249,8 +262,7 @@ class SemSegInference:
         crop_size: Tuple[int, int],
         stride: Tuple[int, int],
         sliding_window: bool = True,
-        flip: bool = False,
-        scales: Sequence[float] = (1.0,),
+        tta: Optional[DatasetMapperTTA] = None,
         new_class_temperature: float = 0.07,
     ):
         """
@@ -258,7 +270,7 @@ class SemSegInference:
             crop_size / stride: ``(h, w)`` of the inference windows and their step.
             sliding_window: sliding windows over images larger than ``crop_size`` (False: the
                 whole image at once).
-            flip / scales: test-time augmentation (horizontal flip, image scales).
+            tta: the views of test-time augmentation, None for none.
             new_class_temperature: temperature of the text-similarity softmax that scores
                 names which are not training classes (:func:`row_class_probs`).
         """
@@ -267,8 +279,7 @@ class SemSegInference:
         if min(self.crop_size) <= 0 or min(self.stride) <= 0:
             raise ValueError(f"crop size {crop_size} and stride {stride} must be positive")
         self.sliding_window = sliding_window
-        self.flip = flip
-        self.scales = [float(s) for s in scales]
+        self.tta = tta
         if new_class_temperature <= 0:
             raise ValueError(f"new_class_temperature must be positive, got {new_class_temperature}")
         self.new_class_temperature = float(new_class_temperature)
@@ -280,8 +291,8 @@ class SemSegInference:
             "crop_size": tuple(test.CROP_SIZE),
             "stride": tuple(test.STRIDE),
             "sliding_window": test.SLIDING_WINDOW,
-            "flip": test.FLIP,
-            "scales": list(test.SCALES),
+            # detectron2's TEST.AUG.{MIN_SIZES, MAX_SIZE, FLIP}, read by DatasetMapperTTA
+            "tta": DatasetMapperTTA(cfg) if cfg.TEST.AUG.ENABLED else None,
             "new_class_temperature": test.NEW_CLASS_TEMPERATURE,
         }
 
@@ -317,41 +328,55 @@ class SemSegInference:
             count[:, y : y + h, x : x + w] += 1
         return total / count.clamp(min=1), relevances.max(0).values
 
-    def test_time(
-        self, predict: WindowFn, image: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Average of :meth:`sliding` over the test scales (and flips), at the input size.
+    def _views(self, image: torch.Tensor) -> List[Tuple[torch.Tensor, bool]]:
+        """The test-time views of a uint8 ``[3, H, W]`` image: ``(image, flipped)`` pairs."""
+        if self.tta is None:
+            return [(image, False)]
+        height, width = image.shape[-2:]
+        views = self.tta({"image": image.cpu(), "height": height, "width": width})
+        return [
+            (
+                view["image"],
+                any(isinstance(t, HFlipTransform) for t in view["transforms"].transforms),
+            )
+            for view in views
+        ]
+
+    def __call__(
+        self,
+        predict: WindowFn,
+        normalize: Callable[[torch.Tensor], torch.Tensor],
+        batched_input: Dict,
+    ) -> Dict[str, torch.Tensor]:
+        """The prediction of one model input.
 
         Args:
-            predict: one window's prediction.
-            image: ``[3, H, W]`` normalised.
+            predict: one window's prediction (:func:`predict_window` with the model's parts).
+            normalize: the model's uint8 ``[3, H, W]`` -> normalised float image on its device.
+            batched_input: ``image`` uint8 ``[3, H, W]``, optional ``height`` / ``width`` of
+                the output (default ``H`` / ``W``).
 
         Returns:
-            ``S [C, H, W]`` and relevance ``[C]``.
+            ``{"sem_seg": [C, height, width], "relevance": [C]}``.
         """
+        image = batched_input["image"]
         height, width = image.shape[-2:]
         total, relevance, views = None, None, 0
-        for scale in self.scales:
-            if scale == 1.0:
-                scaled = image
-            else:
-                size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
-                scaled = F.interpolate(
-                    image[None], size=size, mode="bilinear", align_corners=False
+        for view, flipped in self._views(image):
+            sem, rel = self.sliding(predict, normalize(view))
+            if flipped:
+                sem = sem.flip(-1)
+            if sem.shape[-2:] != (height, width):
+                sem = F.interpolate(
+                    sem[None], size=(height, width), mode="bilinear", align_corners=False
                 )[0]
-            for flipped in [False, True] if self.flip else [False]:
-                view = scaled.flip(-1) if flipped else scaled
-                sem, rel = self.sliding(predict, view)
-                if flipped:
-                    sem = sem.flip(-1)
-                if sem.shape[-2:] != (height, width):
-                    sem = F.interpolate(
-                        sem[None], size=(height, width), mode="bilinear", align_corners=False
-                    )[0]
-                total = sem if total is None else total + sem
-                relevance = rel if relevance is None else relevance + rel
-                views += 1
-        return total / views, relevance / views
+            total = sem if total is None else total + sem
+            relevance = rel if relevance is None else relevance + rel
+            views += 1
+        out_h = batched_input.get("height", height)
+        out_w = batched_input.get("width", width)
+        sem = sem_seg_postprocess(total / views, (height, width), out_h, out_w)
+        return {"sem_seg": sem, "relevance": relevance / views}
 
     def probabilities(self, predict: WindowFn, images: torch.Tensor) -> torch.Tensor:
         """Per-pixel class distribution ``[B, C, H, W]`` of normalised images ``[B, 3, H, W]``:

@@ -3,6 +3,7 @@ augmentation and the classes predicted over, with toy window predictors instead 
 
 import pytest
 import torch
+from detectron2.modeling import DatasetMapperTTA
 
 from hiervl.modeling.inference import (
     InferenceClasses,
@@ -47,15 +48,27 @@ def test_sliding_windows_reassemble_a_pixelwise_prediction():
 
 
 def test_flip_tta_of_a_pixelwise_prediction_is_the_prediction():
-    image = torch.randn(3, 70, 90)
+    image = torch.randint(0, 256, (3, 70, 90), dtype=torch.uint8)
     plain = SemSegInference(crop_size=(64, 64), stride=(32, 32))
-    flipped = SemSegInference(crop_size=(64, 64), stride=(32, 32), flip=True)
-    torch.testing.assert_close(
-        flipped.test_time(_pixelwise, image)[0], plain.test_time(_pixelwise, image)[0]
+    flipped = SemSegInference(
+        crop_size=(64, 64),
+        stride=(32, 32),
+        tta=DatasetMapperTTA(min_sizes=[70], max_size=1000, flip=True),
     )
-    scaled = SemSegInference(crop_size=(64, 64), stride=(32, 32), scales=[0.5, 1.0])
-    sem, _ = scaled.test_time(_pixelwise, image)
-    assert sem.shape == (2, 70, 90)
+    assert [f for _, f in flipped._views(image)] == [False, True]
+    x = {"image": image}
+    torch.testing.assert_close(
+        flipped(_pixelwise, torch.Tensor.float, x)["sem_seg"],
+        plain(_pixelwise, torch.Tensor.float, x)["sem_seg"],
+    )
+    # other sizes: each view's map is resized to the input, then to the output size
+    scaled = SemSegInference(
+        crop_size=(64, 64),
+        stride=(32, 32),
+        tta=DatasetMapperTTA(min_sizes=[35, 70], max_size=1000, flip=False),
+    )
+    out = scaled(_pixelwise, torch.Tensor.float, {"image": image, "height": 140, "width": 180})
+    assert out["sem_seg"].shape == (2, 140, 180) and out["relevance"].shape == (2,)
 
 
 def test_probabilities_are_a_distribution_per_pixel():
