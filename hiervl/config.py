@@ -37,6 +37,10 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
     cfg.MODEL.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
     cfg.INPUT.FORMAT = "RGB"
+    # Test images at their own size (sliding windows cover large ones); > 0: detectron2's
+    # test-time resize of the shortest edge to this (the longest at most MAX_SIZE_TEST), the
+    # same in the test mapper and in HierVLPredictor.
+    cfg.INPUT.MIN_SIZE_TEST = 0
     # Training only: start from the entries of MODEL.WEIGHTS whose names and shapes fit the
     # model and keep the initial values of the rest (a warning lists them), e.g. weights of a
     # part of the model. False: a missing or mismatched entry is an error. Evaluation, the

@@ -14,6 +14,7 @@ from hiervl.data.dataset_mappers import (
     build_dataset_mapper,
     resize_pad_crop,
 )
+from hiervl.data.dataset_mappers.augment import resize_for_test
 
 
 @pytest.fixture()
@@ -60,6 +61,20 @@ def test_labeled_mapper_test_mode(sample):
     out = build_dataset_mapper(_cfg(), is_train=False)(sample)
     assert out["image"].shape == (3, 12, 20) and "sem_seg" not in out
     assert (out["height"], out["width"]) == (12, 20)
+
+
+def test_test_mapper_resizes_as_the_predictor(sample):
+    """INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST: the evaluation loader's images are resized as
+    HierVLPredictor resizes its input (the mapper used to keep them at their size while the
+    predictor resized, so evaluation and prediction saw different images)."""
+    cfg = _cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 24, 36
+    out = build_dataset_mapper(cfg, is_train=False)(sample)
+    assert out["image"].shape == (3, 22, 36)  # shortest edge 24, then the longest capped at 36
+    assert (out["height"], out["width"]) == (12, 20)  # the output keeps the original size
+    image = np.asarray(Image.open(sample["file_name"]).convert("RGB"))
+    resized = resize_for_test(24, 36).get_transform(image).apply_image(image)
+    assert torch.equal(out["image"], torch.from_numpy(resized.transpose(2, 0, 1).copy()))
 
 
 def test_unlabeled_mapper_views(sample):
