@@ -157,7 +157,7 @@ class HierVL(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        hv = cfg.MODEL.HIERVL
+        hiervl_cfg = cfg.MODEL.HIERVL
         if not cfg.DATASETS.TRAIN:
             raise ValueError("DATASETS.TRAIN is empty: the class names come from its metadata")
         metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
@@ -173,9 +173,9 @@ class HierVL(nn.Module):
                 f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but {cfg.DATASETS.TRAIN[0]!r} has "
                 f"{len(class_names)} classes"
             )
-        test_class_names = [str(n) for n in hv.TEST.CLASS_NAMES] or None
+        test_class_names = [str(n) for n in hiervl_cfg.TEST.CLASS_NAMES] or None
         _check_test_classes(cfg.DATASETS.TEST, test_class_names or list(class_names))
-        loss = hv.LOSS
+        loss = hiervl_cfg.LOSS
         clip_model = build_open_clip_from_config(cfg)
         # The loss weights decide here, and only here, which optional parts exist: the frozen
         # ViT copy of Eq. 6, the text-space projection phi of Eq. 2 and the MLP h of Eq. 4.
@@ -184,9 +184,9 @@ class HierVL(nn.Module):
         )
         text_encoder = PromptTextEncoder(cfg, clip_model=clip_model)
         text_dim = text_encoder.embed_dim
-        class_queries = hv.DECODER.CLASS_QUERIES_ENABLED
+        class_queries = hiervl_cfg.DECODER.CLASS_QUERIES_ENABLED
         hsqg = None
-        if class_queries or hv.PIXEL_DECODER.CMSAM_ENABLED:
+        if class_queries or hiervl_cfg.PIXEL_DECODER.CMSAM_ENABLED:
             hsqg = HSQG(cfg, text_dim=text_dim)
         num_levels = hsqg.num_levels if hsqg is not None else 1
         return {
@@ -205,11 +205,11 @@ class HierVL(nn.Module):
             "criterion": HierVLCriterion(cfg),
             "class_names": list(class_names),
             "class_descriptions": dataset_class_descriptions(
-                metadata, use_file=hv.CLIP.DATASET_DESCRIPTIONS
+                metadata, use_file=hiervl_cfg.CLIP.DATASET_DESCRIPTIONS
             ),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "size_divisibility": hv.SIZE_DIVISIBILITY,
+            "size_divisibility": hiervl_cfg.SIZE_DIVISIBILITY,
             "ignore_value": metadata.get("ignore_label", 255),
             "anchor_head": AnchorHead(dim=text_dim) if loss.ANCHOR_WEIGHT > 0 else None,
             "relevance_weight": loss.RELEVANCE_WEIGHT,
@@ -438,7 +438,7 @@ class HierVL(nn.Module):
             presence[b, target["labels"]] = True
 
         text = self.text_embeddings()
-        outputs, hs, row_classes = self.encode_decode(
+        outputs, hsqg_out, row_classes = self.encode_decode(
             images,
             text,
             presence if labeled else None,
@@ -465,10 +465,10 @@ class HierVL(nn.Module):
             has_pixels = torch.stack([(t["weight"] > 0).any() for t in targets])
             if labeled and bool(has_pixels.any()):
                 bce = self.hsqg.relevance_loss(
-                    hs["relevance_logits"][has_pixels], presence[has_pixels]
+                    hsqg_out["relevance_logits"][has_pixels], presence[has_pixels]
                 )
             else:
-                bce = hs["relevance_logits"].sum() * 0.0
+                bce = hsqg_out["relevance_logits"].sum() * 0.0
             losses["loss_relevance"] = self.relevance_weight * bce
         if labeled:
             # Eq. 3-5 depend on the prompts only, not on the images: computed with the labelled

@@ -254,22 +254,22 @@ class DualQueryTransformerDecoder(nn.Module):
         num_levels: int,
         predict_embeds: bool = True,
     ) -> dict:
-        dec = cfg.MODEL.HIERVL.DECODER
-        pd = cfg.MODEL.HIERVL.PIXEL_DECODER
+        decoder_cfg = cfg.MODEL.HIERVL.DECODER
+        pixel_cfg = cfg.MODEL.HIERVL.PIXEL_DECODER
         return {
             "num_classes": num_classes,
             "text_dim": text_dim,
-            "in_channels": pd.CONV_DIM,
-            "mask_dim": pd.MASK_DIM,
+            "in_channels": pixel_cfg.CONV_DIM,
+            "mask_dim": pixel_cfg.MASK_DIM,
             "num_class_rows": num_class_rows,
             "num_levels": num_levels,
-            "num_instance_queries": dec.NUM_INSTANCE_QUERIES,
-            "hidden_dim": dec.HIDDEN_DIM,
-            "num_heads": dec.NUM_HEADS,
-            "ffn_dim": dec.FFN_DIM,
-            "num_layers": dec.NUM_LAYERS,
-            "dropout": dec.DROPOUT,
-            "pre_norm": dec.PRE_NORM,
+            "num_instance_queries": decoder_cfg.NUM_INSTANCE_QUERIES,
+            "hidden_dim": decoder_cfg.HIDDEN_DIM,
+            "num_heads": decoder_cfg.NUM_HEADS,
+            "ffn_dim": decoder_cfg.FFN_DIM,
+            "num_layers": decoder_cfg.NUM_LAYERS,
+            "dropout": decoder_cfg.DROPOUT,
+            "pre_norm": decoder_cfg.PRE_NORM,
             "predict_embeds": predict_embeds,
         }
 
