@@ -232,9 +232,9 @@ class OnnxSegmenter(SlidingWindowSegmenter):
                 f"tools/export_model.py"
             )
         self.input_name = self.session.get_inputs()[0].name
-        super().__init__(self._run, json.loads(meta[METADATA_KEY]), batch_size=batch_size)
+        super().__init__(self._run_session, json.loads(meta[METADATA_KEY]), batch_size=batch_size)
 
-    def _run(self, windows: np.ndarray) -> np.ndarray:
+    def _run_session(self, windows: np.ndarray) -> np.ndarray:
         return self.session.run(["scores"], {self.input_name: windows})[0]
 
 
