@@ -22,14 +22,7 @@ from .modeling.criterion import HierVLCriterion, semantic_targets
 from .modeling.heads import HSQG, build_transformer_decoder
 from .modeling.inference import InferenceClasses, SemSegInference, predict_window
 from .modeling.pixel_decoder import build_pixel_decoder
-from .modeling.regularizers import (
-    AnchorHead,
-    anchor_loss,
-    build_masked_views,
-    masked_consistency_loss,
-    pixel_text_loss,
-    topology_loss,
-)
+from .modeling.regularizers import AnchorHead, prompt_losses, vision_language_losses
 
 __all__ = ["HierVL"]
 
@@ -470,11 +463,34 @@ class HierVL(nn.Module):
             else:
                 bce = hsqg_out["relevance_logits"].sum() * 0.0
             losses["loss_relevance"] = self.relevance_weight * bce
-        if labeled:
+        if labeled and (self.topo_weight > 0 or self.anchor_weight > 0):
             # Eq. 3-5 depend on the prompts only, not on the images: computed with the labelled
             # images, so that a step with a separate unlabelled forward counts them once.
-            losses.update(self._prompt_losses(text))
-        losses.update(self._vision_language_losses(images, labels, text))
+            template = self.text_encoder.template_embeddings(
+                self.class_names, self.class_descriptions
+            )
+            losses.update(
+                prompt_losses(
+                    text,
+                    template,
+                    topo_weight=self.topo_weight,
+                    anchor_weight=self.anchor_weight,
+                    anchor_head=self.anchor_head,
+                    anchor_lambda=self.anchor_lambda,
+                )
+            )
+        losses.update(
+            vision_language_losses(
+                self.image_encoder,
+                images,
+                labels,
+                text,
+                masked_consistency_weight=self.masked_consistency_weight,
+                pixel_text_weight=self.pixel_text_weight,
+                temperature=self.pixel_text_temperature,
+                ignore_label=self.ignore_value,
+            )
+        )
         return losses, outputs
 
     def view_outputs(self, images: torch.Tensor) -> Dict:
@@ -495,63 +511,6 @@ class HierVL(nn.Module):
             self._pad(normalized), self.text_embeddings(), return_attn=True
         )
         return outputs
-
-    def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Eq. 3-5 between ``t̂`` and the fixed-template ``t⁰``."""
-        losses = {}
-        if self.topo_weight <= 0 and self.anchor_weight <= 0:
-            return losses
-        t0 = self.text_encoder.template_embeddings(self.class_names, self.class_descriptions)
-        if self.topo_weight > 0:
-            losses["loss_topo"] = self.topo_weight * topology_loss(text, t0)
-        if self.anchor_weight > 0:
-            losses["loss_anchor"] = self.anchor_weight * anchor_loss(
-                text, t0, head=self.anchor_head, lam=self.anchor_lambda
-            )
-        return losses
-
-    def _vision_language_losses(
-        self, images: torch.Tensor, labels: torch.Tensor, text: torch.Tensor
-    ) -> Dict[str, torch.Tensor]:
-        """Eq. 6-8 on images with a present class (ground truth or pseudo-label): one class is
-        blanked per image; the trained encoder's dense tokens on ``M`` must match the frozen
-        encoder's on the original image (Eq. 6) and classify as that class (Eq. 7)."""
-        mc_on = self.masked_consistency_weight > 0
-        pt_on = self.pixel_text_weight > 0
-        if not (mc_on or pt_on):
-            return {}
-        views = build_masked_views(
-            images,
-            labels,
-            patch_size=self.image_encoder.patch_size,
-            ignore_label=self.ignore_value,
-        )
-        valid = views["valid"]
-        losses = {}
-        if not bool(valid.any()):
-            zero = images.new_zeros(())
-            if mc_on:
-                losses["loss_masked_consistency"] = zero
-            if pt_on:
-                losses["loss_pixel_text"] = zero.clone()
-            return losses
-        feats = self.image_encoder.dense_embeddings(views["images"][valid])
-        mask = views["token_mask"][valid]
-        if mc_on:
-            frozen = self.image_encoder.frozen_dense_embeddings(images[valid])
-            losses["loss_masked_consistency"] = self.masked_consistency_weight * (
-                masked_consistency_loss(feats, frozen, mask)
-            )
-        if pt_on:
-            losses["loss_pixel_text"] = self.pixel_text_weight * pixel_text_loss(
-                feats,
-                text,
-                views["token_labels"][valid],
-                temperature=self.pixel_text_temperature,
-                mask=mask,
-                ignore_label=self.ignore_value,
-            )
-        return losses
 
     # ---- inference (hiervl/modeling/inference.py) ---------------------------------------------
     def window_predictor(self, text: torch.Tensor, source: Optional[torch.Tensor] = None):
