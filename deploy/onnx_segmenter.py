@@ -20,7 +20,7 @@ Steps (those of ``HierVL.inference`` outside the exported graph):
 3. the windows run in batches; their scores are averaged where windows overlap and the label
    of a pixel is the argmax over classes.
 
-Not done here: test-time flips and scales (``MODEL.HIERVL.TEST.FLIP`` / ``SCALES``) and
+Not done here: test-time flips and scales (``TEST.AUG``) and
 detectron2's test-time resize (``INPUT.MIN_SIZE_TEST``; HierVL's configs keep images at their
 own size).
 
@@ -69,7 +69,8 @@ def window_corners(
     """Top-left corners ``(y, x)`` of the windows covering an ``height x width`` image.
 
     The last row / column of windows is moved back to end at the image's border (HierVL's
-    ``_windows``); an image no larger than one window gets the single corner ``(0, 0)``.
+    ``hiervl.modeling.inference.window_corners``); an image no larger than one window gets the
+    single corner ``(0, 0)``.
     """
     (win_h, win_w), (step_h, step_w) = window, stride
     rows = max(-(-(height - win_h) // step_h), 0) + 1
@@ -231,9 +232,9 @@ class OnnxSegmenter(SlidingWindowSegmenter):
                 f"tools/export_model.py"
             )
         self.input_name = self.session.get_inputs()[0].name
-        super().__init__(self._run, json.loads(meta[METADATA_KEY]), batch_size=batch_size)
+        super().__init__(self._run_session, json.loads(meta[METADATA_KEY]), batch_size=batch_size)
 
-    def _run(self, windows: np.ndarray) -> np.ndarray:
+    def _run_session(self, windows: np.ndarray) -> np.ndarray:
         return self.session.run(["scores"], {self.input_name: windows})[0]
 
 

@@ -14,6 +14,21 @@ from detectron2.config import get_cfg
 
 logger = logging.getLogger(__name__)
 
+# Keys we had before taking detectron2's / Mask2Former's: a config or command line that sets the
+# old one stops with an error naming the new one (yacs' renamed keys).
+_RENAMED_KEYS = {
+    "MODEL.HIERVL.NUM_CLASSES": "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+    "MODEL.HIERVL.TEST.FLIP": (
+        "TEST.AUG.FLIP",
+        "test-time augmentation is on with TEST.AUG.ENABLED",
+    ),
+    "MODEL.HIERVL.TEST.SCALES": (
+        "TEST.AUG.MIN_SIZES",
+        "detectron2's shortest-edge sizes in pixels (at most TEST.AUG.MAX_SIZE long), not scale "
+        "factors; test-time augmentation is on with TEST.AUG.ENABLED",
+    ),
+}
+
 
 def add_hiervl_config(cfg: CN) -> None:
     """Add HierVL's keys (model, semi-supervised training, data, test) to ``cfg`` in place."""
@@ -22,20 +37,30 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.MODEL.PIXEL_MEAN = [122.7709383, 116.7460125, 104.09373615]
     cfg.MODEL.PIXEL_STD = [68.5005327, 66.6321579, 70.32316305]
     cfg.INPUT.FORMAT = "RGB"
+    # Test images at their own size (sliding windows cover large ones); > 0: detectron2's
+    # test-time resize of the shortest edge to this (the longest at most MAX_SIZE_TEST), the
+    # same in the test mapper and in HierVLPredictor.
+    cfg.INPUT.MIN_SIZE_TEST = 0
     # Training only: start from the entries of MODEL.WEIGHTS whose names and shapes fit the
     # model and keep the initial values of the rest (a warning lists them), e.g. weights of a
     # part of the model. False: a missing or mismatched entry is an error. Evaluation, the
     # demo, the tools and --resume always need a checkpoint that fits whole.
     cfg.MODEL.WEIGHTS_ALLOW_PARTIAL = False
 
-    hv = cfg.MODEL.HIERVL = CN()
-    # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19).
-    hv.NUM_CLASSES = 21
+    # Number of semantic classes of the training data (VOC 21, COCO 81, ADE 150, Cityscapes 19);
+    # a folder dataset sets it from its classes.txt. detectron2's key, as in Mask2Former.
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 21
+    for old, new in _RENAMED_KEYS.items():
+        if not cfg.key_is_renamed(old):
+            new, message = new if isinstance(new, tuple) else (new, None)
+            cfg.register_renamed_key(old, new, message)
+
+    hiervl_cfg = cfg.MODEL.HIERVL = CN()
     # Size divisibility of padded input batches (the ViT patch size is a divisor).
-    hv.SIZE_DIVISIBILITY = 32
+    hiervl_cfg.SIZE_DIVISIBILITY = 32
 
     # ---- §1 Encoders ---------------------------------------------------------------------
-    clip = hv.CLIP = CN()
+    clip = hiervl_cfg.CLIP = CN()
     # open_clip model name: "ViT-B-16" for the paper, "HierVL-Tiny-ViT" for tests and the demo.
     clip.MODEL_NAME = "ViT-B-16"
     # open_clip pretrained tag ("openai"), a local checkpoint path, or "" for random init.
@@ -65,117 +90,116 @@ def add_hiervl_config(cfg: CN) -> None:
     clip.DATASET_DESCRIPTIONS = False
 
     # ---- §3.3 Pixel decoder with CMSAM -----------------------------------------------------
-    pd = hv.PIXEL_DECODER = CN()
+    pixel_decoder = hiervl_cfg.PIXEL_DECODER = CN()
     # Registry name in PIXEL_DECODER_REGISTRY.
-    pd.NAME = "HierVLPixelDecoder"
+    pixel_decoder.NAME = "HierVLPixelDecoder"
     # Pixel features fed to the deformable encoder (strides 8 / 16 / 32).
-    pd.IN_FEATURES = ["res3", "res4", "res5"]
+    pixel_decoder.IN_FEATURES = ["res3", "res4", "res5"]
     # Channels of the pixel decoder.
-    pd.CONV_DIM = 256
+    pixel_decoder.CONV_DIM = 256
     # Channels of the stride-4 per-pixel embedding P(x) used by the dynamic masks.
-    pd.MASK_DIM = 256
+    pixel_decoder.MASK_DIM = 256
     # Number of deformable-attention encoder layers (a CMSAM block follows each).
-    pd.NUM_LAYERS = 6
+    pixel_decoder.NUM_LAYERS = 6
     # Attention heads / sampling points per head and level of MSDeformAttn.
-    pd.NUM_HEADS = 8
-    pd.NUM_POINTS = 4
+    pixel_decoder.NUM_HEADS = 8
+    pixel_decoder.NUM_POINTS = 4
     # Hidden size of the encoder FFN.
-    pd.FFN_DIM = 1024
+    pixel_decoder.FFN_DIM = 1024
     # Dropout inside the encoder layers.
-    pd.DROPOUT = 0.0
+    pixel_decoder.DROPOUT = 0.0
     # MSDeformAttn implementation: "auto" (fused kernel on CUDA when available), "reference"
     # (pure PyTorch), or "fused" (error if the kernel is unavailable).
-    pd.MSDA_IMPL = "auto"
+    pixel_decoder.MSDA_IMPL = "auto"
     # CMSAM: bidirectional pixel<->text attention after each deformable layer (Tab. 3 row).
-    pd.CMSAM_ENABLED = True
+    pixel_decoder.CMSAM_ENABLED = True
     # Heads of the CMSAM cross-attentions.
-    pd.CMSAM_NUM_HEADS = 8
+    pixel_decoder.CMSAM_NUM_HEADS = 8
 
     # ---- §3.2 HSQG ----------------------------------------------------------------------
-    hs = hv.HSQG = CN()
+    hsqg = hiervl_cfg.HSQG = CN()
     # Hierarchical class queries; when off, one linear projection of t_c per class (E = 1).
-    hs.ENABLED = True
+    hsqg.ENABLED = True
     # Number of hierarchy levels E.
-    hs.NUM_LEVELS = 3
+    hsqg.NUM_LEVELS = 3
     # Semantic relevance estimator r_c = sigmoid(alpha * cos(g, t_c) + beta).
-    hs.RELEVANCE_ENABLED = True
+    hsqg.RELEVANCE_ENABLED = True
     # Rows with r_c below this threshold are masked out of attention (tau_rel).
-    hs.RELEVANCE_THRESHOLD = 0.5
+    hsqg.RELEVANCE_THRESHOLD = 0.5
     # Initial alpha and beta of the relevance estimator.
-    hs.RELEVANCE_INIT_ALPHA = 10.0
-    hs.RELEVANCE_INIT_BETA = -2.0
+    hsqg.RELEVANCE_INIT_ALPHA = 10.0
+    hsqg.RELEVANCE_INIT_BETA = -2.0
 
     # ---- §3.4 DQTD ----------------------------------------------------------------------
-    dq = hv.DECODER = CN()
+    decoder = hiervl_cfg.DECODER = CN()
     # Registry name in TRANSFORMER_DECODER_REGISTRY.
-    dq.NAME = "DualQueryTransformerDecoder"
+    decoder.NAME = "DualQueryTransformerDecoder"
     # Number of masked-attention decoder layers L.
-    dq.NUM_LAYERS = 9
+    decoder.NUM_LAYERS = 9
     # Learnable instance queries N; 0 keeps only the class rows.
-    dq.NUM_INSTANCE_QUERIES = 100
+    decoder.NUM_INSTANCE_QUERIES = 100
     # Use the class rows from HSQG/CMSAM as decoder queries (DQTD); off = instance rows only.
-    dq.CLASS_QUERIES_ENABLED = True
+    decoder.CLASS_QUERIES_ENABLED = True
     # Hidden size D of queries (also the HSQG query dim) and attention heads.
-    dq.HIDDEN_DIM = 256
-    dq.NUM_HEADS = 8
+    decoder.HIDDEN_DIM = 256
+    decoder.NUM_HEADS = 8
     # Hidden size of the decoder FFN.
-    dq.FFN_DIM = 2048
+    decoder.FFN_DIM = 2048
     # Dropout in the decoder layers.
-    dq.DROPOUT = 0.0
+    decoder.DROPOUT = 0.0
     # Pre-norm transformer layers.
-    dq.PRE_NORM = False
+    decoder.PRE_NORM = False
     # Predict after every layer and supervise each prediction (deep supervision).
-    dq.DEEP_SUPERVISION = True
+    decoder.DEEP_SUPERVISION = True
 
     # ---- §3.5-3.6 Losses ----------------------------------------------------------------
-    ls = hv.LOSS = CN()
+    loss = hiervl_cfg.LOSS = CN()
     # Mask2Former-style set losses.
-    ls.CLASS_WEIGHT = 2.0
-    ls.MASK_WEIGHT = 5.0
-    ls.DICE_WEIGHT = 5.0
+    loss.CLASS_WEIGHT = 2.0
+    loss.MASK_WEIGHT = 5.0
+    loss.DICE_WEIGHT = 5.0
     # Weight of the "no object" class in the classification CE.
-    ls.NO_OBJECT_WEIGHT = 0.1
+    loss.NO_OBJECT_WEIGHT = 0.1
     # Point sampling of mask losses (keeps memory flat): number of points, oversample ratio,
     # fraction of points picked by uncertainty.
-    ls.TRAIN_NUM_POINTS = 12544
-    ls.OVERSAMPLE_RATIO = 3.0
-    ls.IMPORTANCE_SAMPLE_RATIO = 0.75
+    loss.TRAIN_NUM_POINTS = 12544
+    loss.OVERSAMPLE_RATIO = 3.0
+    loss.IMPORTANCE_SAMPLE_RATIO = 0.75
     # Eq. 2 alignment of decoder rows to their class text embedding.
-    ls.ALIGN_WEIGHT = 1.0
+    loss.ALIGN_WEIGHT = 1.0
     # BCE of the relevance estimator against ground-truth class presence (labelled images).
-    ls.RELEVANCE_WEIGHT = 1.0
+    loss.RELEVANCE_WEIGHT = 1.0
     # Eq. 3 topology and Eq. 4 anchor-adversarial prompt regularisers; lambda of Eq. 4.
-    ls.TOPO_WEIGHT = 1.0
-    ls.ANCHOR_WEIGHT = 1.0
-    ls.ANCHOR_LAMBDA = 1.0
+    loss.TOPO_WEIGHT = 1.0
+    loss.ANCHOR_WEIGHT = 1.0
+    loss.ANCHOR_LAMBDA = 1.0
     # Eq. 6 masked consistency and Eq. 7 pixel-text contrastive (lambda_pt), temperature tau.
-    ls.MASKED_CONSISTENCY_WEIGHT = 1.0
-    ls.PIXEL_TEXT_WEIGHT = 0.5
-    ls.PIXEL_TEXT_TEMPERATURE = 0.07
+    loss.MASKED_CONSISTENCY_WEIGHT = 1.0
+    loss.PIXEL_TEXT_WEIGHT = 0.5
+    loss.PIXEL_TEXT_TEMPERATURE = 0.07
 
     # ---- Inference ----------------------------------------------------------------------
-    ts = hv.TEST = CN()
+    test = hiervl_cfg.TEST = CN()
     # Sliding-window inference; images that fit in one crop run whole.
-    ts.SLIDING_WINDOW = True
+    test.SLIDING_WINDOW = True
     # Window size and stride (50 % overlap by default).
-    ts.CROP_SIZE = [512, 512]
-    ts.STRIDE = [256, 256]
-    # Test-time augmentation: horizontal flip and extra scales (1.0 = none).
-    ts.FLIP = False
-    ts.SCALES = [1.0]
+    test.CROP_SIZE = [512, 512]
+    test.STRIDE = [256, 256]
+    # Test-time augmentation: detectron2's TEST.AUG.ENABLED, MIN_SIZES (shortest edge of each
+    # view), MAX_SIZE and FLIP, read by hiervl/modeling/inference.py (off by default).
     # Evaluate the EMA teacher when the checkpoint has one.
-    ts.USE_TEACHER = True
+    test.USE_TEACHER = True
     # Also evaluate the student when evaluating the teacher during training.
-    ts.EVAL_STUDENT = True
+    test.EVAL_STUDENT = True
     # Class names to predict over at inference ([] = the training classes), e.g. to evaluate on
     # a dataset with another class list (every DATASETS.TEST split must have this list, in this
     # order). Names of training classes keep the trained classifier; other names are scored by
     # the text similarity of each decoder row's CLIP-space embedding to the name (README, "New
     # class names at inference").
-    ts.CLASS_NAMES = []
+    test.CLASS_NAMES = []
     # Temperature of the softmax over those text similarities (names that are not training
     # classes only).
-    ts.NEW_CLASS_TEMPERATURE = 0.07
+    test.NEW_CLASS_TEMPERATURE = 0.07
 
     # ---- §8 Semi-supervised training ----------------------------------------------------
     semi = cfg.SEMI = CN()
@@ -239,15 +263,15 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
 
     # A folder dataset registered from config (issue: your own data).
-    cu = cfg.DATASETS.CUSTOM = CN()
+    custom = cfg.DATASETS.CUSTOM = CN()
     # Folder with images/, masks/, classes.txt (see README "Your own data"); "" = none.
-    cu.ROOT = ""
+    custom.ROOT = ""
     # Name prefix of the registered splits: NAME_train_labeled / _train_unlabeled / _val.
-    cu.NAME = "custom"
+    custom.NAME = "custom"
     # Palette file for colour masks ("" = masks are single-channel class ids).
-    cu.PALETTE = ""
+    custom.PALETTE = ""
     # Fraction of labelled images held out for validation when no split files exist.
-    cu.VAL_FRACTION = 0.1
+    custom.VAL_FRACTION = 0.1
 
     # ---- Solver -------------------------------------------------------------------------
     cfg.SOLVER.OPTIMIZER = "ADAMW"
@@ -284,7 +308,7 @@ def load_config(
     those of a project such as HVLFormer), ``config_file``, then command-line ``opts``.
 
     A folder dataset named by ``DATASETS.CUSTOM.ROOT`` is registered here (it also sets
-    ``MODEL.HIERVL.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
+    ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
     tools see the same datasets. ``MODEL.DEVICE`` "cuda" on a machine without a usable CUDA GPU
     becomes "cpu", with a warning.
     """

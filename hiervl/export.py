@@ -82,9 +82,10 @@ class WindowSegmenter(nn.Module):
     """HierVL's prediction on one window with the class text embeddings fixed: the exported
     graph.
 
-    ``forward`` runs ``HierVL._predict`` (padding to the size divisibility, encoder, HSQG and
-    relevance gate, pixel decoder with CMSAM, decoder, semantic map at the input size), so the
-    exported graph and the model's own inference share one implementation.
+    ``forward`` runs the model's window prediction (``HierVL.window_predictor``,
+    :func:`hiervl.modeling.inference.predict_window`: padding to the size divisibility,
+    encoder, HSQG and relevance gate, pixel decoder with CMSAM, decoder, semantic map at the
+    input size), so the exported graph and the model's own inference share one implementation.
     """
 
     def __init__(self, model: nn.Module, text: torch.Tensor, source: Optional[torch.Tensor] = None):
@@ -94,7 +95,7 @@ class WindowSegmenter(nn.Module):
             text: ``[C, Dt]`` class text embeddings (``window_text``), stored as a buffer: a
                 constant of the exported graph.
             source: ``[C]`` training class of each class (-1 for other names), None for the
-                training classes (``HierVL._predict``; ``window_text`` gives both).
+                training classes (``predict_window``; ``window_text`` gives both).
         """
         super().__init__()
         if model.training:
@@ -116,7 +117,7 @@ class WindowSegmenter(nn.Module):
             ``scores [B, C, h, w]`` float32 (not normalised over classes) and
             ``labels [B, h, w]`` int64 (argmax over ``C``).
         """
-        scores, _ = self.model._predict(images, self.text, self.source)
+        scores, _ = self.model.window_predictor(self.text, self.source)(images)
         return scores, scores.argmax(dim=1)
 
 
@@ -302,5 +303,5 @@ def window_text(model: nn.Module) -> Tuple[torch.Tensor, Optional[torch.Tensor]]
     """
     with torch.no_grad():
         text = model.inference_text_embeddings().detach().clone()
-    source = model._class_source
+    source = model.inference_classes.source
     return text, None if source is None else source.clone()

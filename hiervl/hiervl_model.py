@@ -4,8 +4,8 @@ image -> CLIP image encoder -> HSQG (class queries, relevance) -> pixel decoder 
 dual-query decoder -> set criterion + regularisers (training) or semantic map (inference).
 """
 
+import functools
 import logging
-import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import META_ARCH_REGISTRY
-from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import ImageList
 from torch import nn
 
@@ -21,41 +20,13 @@ from .data.datasets.class_descriptions import dataset_class_descriptions
 from .modeling.clip import CLIPImageEncoder, PromptTextEncoder, build_open_clip_from_config
 from .modeling.criterion import HierVLCriterion, semantic_targets
 from .modeling.heads import HSQG, build_transformer_decoder
+from .modeling.inference import InferenceClasses, SemSegInference, predict_window
 from .modeling.pixel_decoder import build_pixel_decoder
-from .modeling.regularizers import (
-    AnchorHead,
-    anchor_loss,
-    build_masked_views,
-    masked_consistency_loss,
-    pixel_text_loss,
-    topology_loss,
-)
+from .modeling.regularizers import AnchorHead, prompt_losses, vision_language_losses
 
-__all__ = ["HierVL", "semantic_map"]
+__all__ = ["HierVL"]
 
 logger = logging.getLogger(__name__)
-
-
-def semantic_map(
-    outputs: Dict, keep: Optional[torch.Tensor] = None, probs: Optional[torch.Tensor] = None
-) -> torch.Tensor:
-    """``S(c, x) = sum_k softmax(l_k)(c) * sigmoid(m_k(x))`` over the kept rows.
-
-    Args:
-        outputs: ``{"pred_logits": [B, K, C+1], "pred_masks": [B, K, h, w]}``.
-        keep: ``[B, K]`` bool; rows with False are left out (default: all rows).
-        probs: ``[B, K, C']`` per-row class probabilities to use in place of
-            ``softmax(l_k)[:C]`` (class names other than the training ones, see
-            ``HierVL.set_inference_classes``).
-
-    Returns:
-        ``[B, C, h, w]`` (``[B, C', h, w]`` with ``probs``; not normalised over classes).
-    """
-    if probs is None:
-        probs = outputs["pred_logits"].float().softmax(-1)[..., :-1]
-    if keep is not None:
-        probs = probs * keep[..., None].to(probs.dtype)
-    return torch.einsum("bkc,bkhw->bchw", probs, outputs["pred_masks"].float().sigmoid())
 
 
 def _check_test_classes(test_datasets: Sequence[str], class_names: Sequence[str]) -> None:
@@ -99,13 +70,8 @@ class HierVL(nn.Module):
         masked_consistency_weight: float = 1.0,
         pixel_text_weight: float = 0.5,
         pixel_text_temperature: float = 0.07,
-        sliding_window: bool = True,
-        crop_size: Tuple[int, int] = (512, 512),
-        stride: Tuple[int, int] = (256, 256),
-        flip: bool = False,
-        scales: Sequence[float] = (1.0,),
+        semseg_inference: Optional[SemSegInference] = None,
         test_class_names: Optional[Sequence[str]] = None,
-        new_class_temperature: float = 0.07,
     ):
         """
         Args:
@@ -127,13 +93,10 @@ class HierVL(nn.Module):
             topo_weight / anchor_weight: Eq. 3 / Eq. 4 weights (0 = off); anchor_lambda: λ.
             masked_consistency_weight / pixel_text_weight: Eq. 6 / Eq. 7 weights (0 = off).
             pixel_text_temperature: τ of Eq. 7.
-            sliding_window: sliding-window inference for images larger than ``crop_size``.
-            crop_size / stride: ``(h, w)`` of the inference windows and their step.
-            flip / scales: test-time augmentation (horizontal flip, image scales).
+            semseg_inference: sliding windows and test-time augmentation of ``inference``
+                (default: ``SemSegInference(crop_size=(512, 512), stride=(256, 256))``).
             test_class_names: the classes ``inference`` predicts over (None: ``class_names``);
                 see ``set_inference_classes``.
-            new_class_temperature: temperature of the text-similarity softmax that scores
-                names which are not training classes.
         """
         super().__init__()
         self.image_encoder = image_encoder
@@ -151,7 +114,7 @@ class HierVL(nn.Module):
         if criterion.num_classes != self.num_classes:
             raise ValueError(
                 f"{self.num_classes} class names but the criterion has {criterion.num_classes} "
-                f"classes (MODEL.HIERVL.NUM_CLASSES)"
+                f"classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES)"
             )
         self.class_queries = getattr(decoder, "num_class_rows", 0) > 0
         if self.class_queries and hsqg is None:
@@ -173,16 +136,9 @@ class HierVL(nn.Module):
         self.masked_consistency_weight = masked_consistency_weight
         self.pixel_text_weight = pixel_text_weight
         self.pixel_text_temperature = pixel_text_temperature
-        self.sliding_window = sliding_window
-        self.crop_size = tuple(int(s) for s in crop_size)
-        self.stride = tuple(int(s) for s in stride)
-        if min(self.crop_size) <= 0 or min(self.stride) <= 0:
-            raise ValueError(f"crop size {crop_size} and stride {stride} must be positive")
-        self.flip = flip
-        self.scales = [float(s) for s in scales]
-        if new_class_temperature <= 0:
-            raise ValueError(f"new_class_temperature must be positive, got {new_class_temperature}")
-        self.new_class_temperature = float(new_class_temperature)
+        if semseg_inference is None:
+            semseg_inference = SemSegInference(crop_size=(512, 512), stride=(256, 256))
+        self.semseg_inference = semseg_inference
         self.set_inference_classes(test_class_names)
         if hsqg is None and masked_consistency_weight <= 0 and pixel_text_weight <= 0:
             # Nothing reads the global embedding or the dense text-space tokens: freeze the
@@ -194,7 +150,7 @@ class HierVL(nn.Module):
 
     @classmethod
     def from_config(cls, cfg) -> dict:
-        hv = cfg.MODEL.HIERVL
+        hiervl_cfg = cfg.MODEL.HIERVL
         if not cfg.DATASETS.TRAIN:
             raise ValueError("DATASETS.TRAIN is empty: the class names come from its metadata")
         metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
@@ -204,24 +160,28 @@ class HierVL(nn.Module):
                 f"dataset {cfg.DATASETS.TRAIN[0]!r} has no 'stuff_classes' metadata; register it "
                 f"(import hiervl.data.datasets) before building the model"
             )
-        if len(class_names) != hv.NUM_CLASSES:
+        num_classes = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+        if len(class_names) != num_classes:
             raise ValueError(
-                f"MODEL.HIERVL.NUM_CLASSES={hv.NUM_CLASSES} but {cfg.DATASETS.TRAIN[0]!r} has "
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={num_classes} but {cfg.DATASETS.TRAIN[0]!r} has "
                 f"{len(class_names)} classes"
             )
-        test_class_names = [str(n) for n in hv.TEST.CLASS_NAMES] or None
+        test_class_names = [str(n) for n in hiervl_cfg.TEST.CLASS_NAMES] or None
         _check_test_classes(cfg.DATASETS.TEST, test_class_names or list(class_names))
+        loss = hiervl_cfg.LOSS
         clip_model = build_open_clip_from_config(cfg)
-        image_encoder = CLIPImageEncoder(cfg, clip_model=clip_model)
+        # The loss weights decide here, and only here, which optional parts exist: the frozen
+        # ViT copy of Eq. 6, the text-space projection phi of Eq. 2 and the MLP h of Eq. 4.
+        image_encoder = CLIPImageEncoder(
+            cfg, clip_model=clip_model, frozen_copy=loss.MASKED_CONSISTENCY_WEIGHT > 0
+        )
         text_encoder = PromptTextEncoder(cfg, clip_model=clip_model)
         text_dim = text_encoder.embed_dim
-        class_queries = hv.DECODER.CLASS_QUERIES_ENABLED
+        class_queries = hiervl_cfg.DECODER.CLASS_QUERIES_ENABLED
         hsqg = None
-        if class_queries or hv.PIXEL_DECODER.CMSAM_ENABLED:
+        if class_queries or hiervl_cfg.PIXEL_DECODER.CMSAM_ENABLED:
             hsqg = HSQG(cfg, text_dim=text_dim)
         num_levels = hsqg.num_levels if hsqg is not None else 1
-        loss = hv.LOSS
-        test = hv.TEST
         return {
             "image_encoder": image_encoder,
             "text_encoder": text_encoder,
@@ -229,19 +189,20 @@ class HierVL(nn.Module):
             "pixel_decoder": build_pixel_decoder(cfg, image_encoder.output_shape()),
             "decoder": build_transformer_decoder(
                 cfg,
-                num_classes=hv.NUM_CLASSES,
+                num_classes=num_classes,
                 text_dim=text_dim,
-                num_class_rows=hv.NUM_CLASSES * num_levels if class_queries else 0,
+                num_class_rows=num_classes * num_levels if class_queries else 0,
                 num_levels=num_levels,
+                predict_embeds=loss.ALIGN_WEIGHT > 0,
             ),
             "criterion": HierVLCriterion(cfg),
             "class_names": list(class_names),
             "class_descriptions": dataset_class_descriptions(
-                metadata, use_file=hv.CLIP.DATASET_DESCRIPTIONS
+                metadata, use_file=hiervl_cfg.CLIP.DATASET_DESCRIPTIONS
             ),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
-            "size_divisibility": hv.SIZE_DIVISIBILITY,
+            "size_divisibility": hiervl_cfg.SIZE_DIVISIBILITY,
             "ignore_value": metadata.get("ignore_label", 255),
             "anchor_head": AnchorHead(dim=text_dim) if loss.ANCHOR_WEIGHT > 0 else None,
             "relevance_weight": loss.RELEVANCE_WEIGHT,
@@ -251,13 +212,8 @@ class HierVL(nn.Module):
             "masked_consistency_weight": loss.MASKED_CONSISTENCY_WEIGHT,
             "pixel_text_weight": loss.PIXEL_TEXT_WEIGHT,
             "pixel_text_temperature": loss.PIXEL_TEXT_TEMPERATURE,
-            "sliding_window": test.SLIDING_WINDOW,
-            "crop_size": tuple(test.CROP_SIZE),
-            "stride": tuple(test.STRIDE),
-            "flip": test.FLIP,
-            "scales": list(test.SCALES),
+            "semseg_inference": SemSegInference(cfg),
             "test_class_names": test_class_names,
-            "new_class_temperature": test.NEW_CLASS_TEMPERATURE,
         }
 
     @property
@@ -278,17 +234,11 @@ class HierVL(nn.Module):
         """Make ``inference`` predict over ``class_names`` (None: the training classes).
 
         The text queries are built from the given names with the learned prompts, so HSQG's
-        class rows and relevance gate follow the new list. The classifier ``W_cls`` of the
-        decoder has a fixed output per training class, so a row's probability of a name is:
-
-        - a training class's name (matched by name, in any order): ``softmax(l_k)`` of that
-          class, exactly as for the training list;
-        - any other name: the row's object probability ``1 - softmax(l_k)(no object)``,
-          shared over the requested names by ``softmax_c(cos(phi(z_k), t̂_c) / T)``, where
-          ``phi`` is the decoder's projection into CLIP's text space (trained by Eq. 2 to land
-          on the row's class embedding) and ``T`` is ``new_class_temperature``.
-
-        ``semantic_probs`` (the teacher's pseudo-labels) always uses the training classes.
+        class rows and relevance gate follow the new list. The classifier ``W_cls`` keeps its
+        output per training class: a training class's name (in any order) keeps it, other
+        names are scored by the text similarity of each row's CLIP-space embedding
+        (:func:`~hiervl.modeling.inference.row_class_probs`). ``semantic_probs`` (the
+        teacher's pseudo-labels) always uses the training classes.
 
         Args:
             class_names: ``C'`` names, or None for the training classes.
@@ -296,75 +246,25 @@ class HierVL(nn.Module):
                 prompts); None: a training class's own descriptions, none for other names.
 
         Raises:
-            ValueError: an empty list or name, a repeated name, or a name that is not a
-                training class on a model whose decoder has no ``phi`` (trained with
-                ``MODEL.HIERVL.LOSS.ALIGN_WEIGHT`` 0).
+            ValueError: see :meth:`~hiervl.modeling.inference.InferenceClasses.resolve`.
         """
-        if class_names is None:
-            names = list(self.class_names)
-        else:
-            names = [str(n).strip() for n in class_names]
-        if not names or not all(names):
-            raise ValueError(f"class names must be a non-empty list of non-empty names: {names}")
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"class names repeat: {repeated}")
-        index = {n: i for i, n in enumerate(self.class_names)}
-        source = [index.get(n, -1) for n in names]
-        new = [n for n, i in zip(names, source) if i < 0]
-        if new and getattr(self.decoder, "text_proj", None) is None:
-            raise ValueError(
-                f"{new} are not training classes of this model ({self.class_names}); scoring "
-                "them needs the decoder's text-space projection, which a model trained with "
-                "MODEL.HIERVL.LOSS.ALIGN_WEIGHT 0 does not have"
-            )
-        self.inference_class_names = names
-        # None = the training list as it is: the unchanged path of semantic_map.
-        self._class_source = None if names == self.class_names else torch.tensor(source)
-        if class_descriptions is not None:
-            if len(class_descriptions) != len(names):
-                raise ValueError(
-                    f"{len(class_descriptions)} description lists for {len(names)} class names"
-                )
-            self._inference_descriptions = [[str(d) for d in ds] for ds in class_descriptions]
-        elif self.class_descriptions is not None:
-            self._inference_descriptions = [
-                self.class_descriptions[i] if i >= 0 else [] for i in source
-            ]
-        else:
-            self._inference_descriptions = None
-        if new:
-            logger.info(
-                "HierVL predicts over %d classes; not training classes: %s", len(names), new
-            )
+        self.inference_classes = InferenceClasses.resolve(
+            class_names,
+            class_descriptions,
+            training_names=self.class_names,
+            training_descriptions=self.class_descriptions,
+            can_score_new_names=getattr(self.decoder, "text_proj", None) is not None,
+        )
+
+    @property
+    def inference_class_names(self) -> List[str]:
+        """The ``C'`` class names ``inference`` predicts over."""
+        return self.inference_classes.names
 
     def inference_text_embeddings(self) -> torch.Tensor:
         """``t̂ [C', Dt]`` of the classes ``inference`` predicts over."""
-        return self.text_encoder(self.inference_class_names, self._inference_descriptions)
-
-    def _row_class_probs(
-        self, outputs: Dict, text: torch.Tensor, source: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-row probabilities ``[B, K, C']`` of the inference classes (``set_inference_classes``).
-
-        Args:
-            outputs: decoder outputs (``pred_logits [B, K, C+1]``, ``pred_embeds [B, K, Dt]``).
-            text: ``[C', Dt]`` normalised embeddings of the inference classes.
-            source: ``[C']`` training class of each inference class, -1 for other names.
-        """
-        probs = outputs["pred_logits"].float().softmax(-1)
-        source = source.to(probs.device)
-        known = source >= 0
-        out = probs[..., source.clamp(min=0)]
-        # Without phi every name is a training class (set_inference_classes checks it). With
-        # phi, the torch.where below returns `out` itself when every name is known: no test of
-        # the values of `source` here, so that torch.export can trace this (tools/export_model).
-        if "pred_embeds" not in outputs:
-            return out
-        objectness = 1.0 - probs[..., -1:]
-        similarity = F.normalize(outputs["pred_embeds"].float(), dim=-1) @ text.float().t()
-        share = (similarity / self.new_class_temperature).softmax(-1)
-        return torch.where(known, out, objectness * share)
+        classes = self.inference_classes
+        return self.text_encoder(classes.names, classes.descriptions)
 
     def _normalize(self, image: torch.Tensor) -> torch.Tensor:
         return (image.to(self.device).float() - self.pixel_mean) / self.pixel_std
@@ -385,7 +285,7 @@ class HierVL(nn.Module):
             return images
         return F.pad(images, (0, target_w - width, 0, target_h - height))
 
-    def _run(
+    def encode_decode(
         self,
         images: torch.Tensor,
         text: torch.Tensor,
@@ -417,11 +317,11 @@ class HierVL(nn.Module):
                 k: v if k == "global" else F.dropout2d(v, feature_dropout, training=True)
                 for k, v in features.items()
             }
-        hs = None
+        hsqg_out = None
         queries = keep = None
         if self.hsqg is not None:
-            hs = self.hsqg(text, features["global"], presence)
-            queries, keep = hs["queries"], hs["keep"]
+            hsqg_out = self.hsqg(text, features["global"], presence)
+            queries, keep = hsqg_out["queries"], hsqg_out["keep"]
         attn = None
         if return_attn:
             mask_features, multi_scale, refined, attn = self.pixel_decoder(
@@ -431,7 +331,7 @@ class HierVL(nn.Module):
             mask_features, multi_scale, refined = self.pixel_decoder(features, queries, keep)
         if self.class_queries:
             outputs = self.decoder(multi_scale, mask_features, refined, keep)
-            class_rows = hs["row_class"]
+            class_rows = hsqg_out["row_class"]
         else:
             outputs = self.decoder(multi_scale, mask_features)
             class_rows = torch.zeros(0, dtype=torch.long, device=images.device)
@@ -443,7 +343,7 @@ class HierVL(nn.Module):
         )
         if return_attn:
             outputs["cmsam_attn"] = attn
-        return outputs, hs, torch.cat([class_rows, instance_rows])
+        return outputs, hsqg_out, torch.cat([class_rows, instance_rows])
 
     # ---- training ----------------------------------------------------------------------------
     def forward(self, batched_inputs: List[Dict]):
@@ -501,7 +401,7 @@ class HierVL(nn.Module):
                 image (a class with target pixels never is); the class loss leaves out the rows
                 whose "no object" target is unknown (``HierVLCriterion``). None: none known.
             feature_dropout: channel-dropout probability on the encoder's feature maps (see
-                ``_run``).
+                ``encode_decode``).
             return_attn: put CMSAM's attention ``cmsam_attn`` in the returned outputs.
 
         Returns:
@@ -531,7 +431,7 @@ class HierVL(nn.Module):
             presence[b, target["labels"]] = True
 
         text = self.text_embeddings()
-        outputs, hs, row_classes = self._run(
+        outputs, hsqg_out, row_classes = self.encode_decode(
             images,
             text,
             presence if labeled else None,
@@ -558,16 +458,39 @@ class HierVL(nn.Module):
             has_pixels = torch.stack([(t["weight"] > 0).any() for t in targets])
             if labeled and bool(has_pixels.any()):
                 bce = self.hsqg.relevance_loss(
-                    hs["relevance_logits"][has_pixels], presence[has_pixels]
+                    hsqg_out["relevance_logits"][has_pixels], presence[has_pixels]
                 )
             else:
-                bce = hs["relevance_logits"].sum() * 0.0
+                bce = hsqg_out["relevance_logits"].sum() * 0.0
             losses["loss_relevance"] = self.relevance_weight * bce
-        if labeled:
+        if labeled and (self.topo_weight > 0 or self.anchor_weight > 0):
             # Eq. 3-5 depend on the prompts only, not on the images: computed with the labelled
             # images, so that a step with a separate unlabelled forward counts them once.
-            losses.update(self._prompt_losses(text))
-        losses.update(self._vision_language_losses(images, labels, text))
+            template = self.text_encoder.template_embeddings(
+                self.class_names, self.class_descriptions
+            )
+            losses.update(
+                prompt_losses(
+                    text,
+                    template,
+                    topo_weight=self.topo_weight,
+                    anchor_weight=self.anchor_weight,
+                    anchor_head=self.anchor_head,
+                    anchor_lambda=self.anchor_lambda,
+                )
+            )
+        losses.update(
+            vision_language_losses(
+                self.image_encoder,
+                images,
+                labels,
+                text,
+                masked_consistency_weight=self.masked_consistency_weight,
+                pixel_text_weight=self.pixel_text_weight,
+                temperature=self.pixel_text_temperature,
+                ignore_label=self.ignore_value,
+            )
+        )
         return losses, outputs
 
     def view_outputs(self, images: torch.Tensor) -> Dict:
@@ -584,168 +507,34 @@ class HierVL(nn.Module):
             ``aux_outputs``, ``cmsam_attn``.
         """
         normalized = (images.to(self.device).float() - self.pixel_mean) / self.pixel_std
-        outputs, _, _ = self._run(self._pad(normalized), self.text_embeddings(), return_attn=True)
+        outputs, _, _ = self.encode_decode(
+            self._pad(normalized), self.text_embeddings(), return_attn=True
+        )
         return outputs
 
-    def _prompt_losses(self, text: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Eq. 3-5 between ``t̂`` and the fixed-template ``t⁰``."""
-        losses = {}
-        if self.topo_weight <= 0 and self.anchor_weight <= 0:
-            return losses
-        t0 = self.text_encoder.template_embeddings(self.class_names, self.class_descriptions)
-        if self.topo_weight > 0:
-            losses["loss_topo"] = self.topo_weight * topology_loss(text, t0)
-        if self.anchor_weight > 0:
-            losses["loss_anchor"] = self.anchor_weight * anchor_loss(
-                text, t0, head=self.anchor_head, lam=self.anchor_lambda
-            )
-        return losses
-
-    def _vision_language_losses(
-        self, images: torch.Tensor, labels: torch.Tensor, text: torch.Tensor
-    ) -> Dict[str, torch.Tensor]:
-        """Eq. 6-8 on images with a present class (ground truth or pseudo-label): one class is
-        blanked per image; the trained encoder's dense tokens on ``M`` must match the frozen
-        encoder's on the original image (Eq. 6) and classify as that class (Eq. 7)."""
-        mc_on = self.masked_consistency_weight > 0
-        pt_on = self.pixel_text_weight > 0
-        if not (mc_on or pt_on):
-            return {}
-        views = build_masked_views(
-            images,
-            labels,
-            patch_size=self.image_encoder.patch_size,
-            ignore_label=self.ignore_value,
+    # ---- inference (hiervl/modeling/inference.py) ---------------------------------------------
+    def window_predictor(self, text: torch.Tensor, source: Optional[torch.Tensor] = None):
+        """One window's prediction with this model's parts: normalised ``[B, 3, H, W]`` ->
+        ``(S [B, C, H, W], relevance [B, C])`` (:func:`~hiervl.modeling.inference.
+        predict_window`; ``text`` / ``source`` as there)."""
+        return functools.partial(
+            predict_window,
+            self.encode_decode,
+            self._pad,
+            text=text,
+            source=source,
+            temperature=self.semseg_inference.new_class_temperature,
         )
-        valid = views["valid"]
-        losses = {}
-        if not bool(valid.any()):
-            zero = images.new_zeros(())
-            if mc_on:
-                losses["loss_masked_consistency"] = zero
-            if pt_on:
-                losses["loss_pixel_text"] = zero.clone()
-            return losses
-        feats = self.image_encoder.dense_embeddings(views["images"][valid])
-        mask = views["token_mask"][valid]
-        if mc_on:
-            frozen = self.image_encoder.frozen_dense_embeddings(images[valid])
-            losses["loss_masked_consistency"] = self.masked_consistency_weight * (
-                masked_consistency_loss(feats, frozen, mask)
-            )
-        if pt_on:
-            losses["loss_pixel_text"] = self.pixel_text_weight * pixel_text_loss(
-                feats,
-                text,
-                views["token_labels"][valid],
-                temperature=self.pixel_text_temperature,
-                mask=mask,
-                ignore_label=self.ignore_value,
-            )
-        return losses
-
-    # ---- inference ---------------------------------------------------------------------------
-    def _predict(
-        self, images: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
-    ):
-        """Semantic map and relevance of normalised images ``[B, 3, H, W]`` (any size).
-
-        Args:
-            images: ``[B, 3, H, W]``.
-            text: ``[C, Dt]`` embeddings of the classes to predict.
-            source: None when ``text`` is the training classes' (``text_embeddings``), else
-                ``[C]`` training class of each class (-1 for other names).
-
-        Returns:
-            ``S [B, C, H, W]`` at the input size and ``relevance [B, C]``.
-        """
-        height, width = images.shape[-2:]
-        padded = self._pad(images)
-        outputs, hs, _ = self._run(padded, text)
-        probs = None if source is None else self._row_class_probs(outputs, text, source)
-        sem = semantic_map(outputs, outputs["keep"], probs)
-        sem = F.interpolate(sem, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        if hs is not None:
-            relevance = hs["relevance"].float()
-        else:
-            relevance = sem.new_ones(images.shape[0], text.shape[0])
-        return sem[..., :height, :width], relevance
-
-    def _windows(self, height: int, width: int) -> List[Tuple[int, int]]:
-        """Top-left corners of the sliding windows covering an ``height x width`` image."""
-        (crop_h, crop_w), (step_h, step_w) = self.crop_size, self.stride
-        rows = max(math.ceil((height - crop_h) / step_h), 0) + 1
-        cols = max(math.ceil((width - crop_w) / step_w), 0) + 1
-        return [
-            (max(min(r * step_h, height - crop_h), 0), max(min(c * step_w, width - crop_w), 0))
-            for r in range(rows)
-            for c in range(cols)
-        ]
-
-    def _sliding(
-        self, image: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
-    ):
-        """``S [C, H, W]`` and relevance ``[C]`` (max over windows) of one normalised image
-        ``[3, H, W]``; whole image when sliding is off or it fits in one window. ``source``:
-        see ``_predict``."""
-        height, width = image.shape[-2:]
-        crop_h, crop_w = self.crop_size
-        if not self.sliding_window or (height <= crop_h and width <= crop_w):
-            sem, relevance = self._predict(image[None], text, source)
-            return sem[0], relevance[0]
-        corners = self._windows(height, width)
-        crops = torch.stack([image[:, y : y + crop_h, x : x + crop_w] for y, x in corners])
-        sems, relevances = self._predict(crops, text, source)
-        total = sems.new_zeros(sems.shape[1], height, width)
-        count = sems.new_zeros(1, height, width)
-        for (y, x), sem in zip(corners, sems):
-            h, w = sem.shape[-2:]
-            total[:, y : y + h, x : x + w] += sem
-            count[:, y : y + h, x : x + w] += 1
-        return total / count.clamp(min=1), relevances.max(0).values
-
-    def _test_time(
-        self, image: torch.Tensor, text: torch.Tensor, source: Optional[torch.Tensor] = None
-    ):
-        """Average of ``_sliding`` over the test scales (and flips), at the input size."""
-        height, width = image.shape[-2:]
-        total, relevance, views = None, None, 0
-        for scale in self.scales:
-            if scale == 1.0:
-                scaled = image
-            else:
-                size = (max(int(round(height * scale)), 1), max(int(round(width * scale)), 1))
-                scaled = F.interpolate(
-                    image[None], size=size, mode="bilinear", align_corners=False
-                )[0]
-            for flipped in [False, True] if self.flip else [False]:
-                view = scaled.flip(-1) if flipped else scaled
-                sem, rel = self._sliding(view, text, source)
-                if flipped:
-                    sem = sem.flip(-1)
-                if sem.shape[-2:] != (height, width):
-                    sem = F.interpolate(
-                        sem[None], size=(height, width), mode="bilinear", align_corners=False
-                    )[0]
-                total = sem if total is None else total + sem
-                relevance = rel if relevance is None else relevance + rel
-                views += 1
-        return total / views, relevance / views
 
     @torch.no_grad()
     def inference(self, batched_inputs: List[Dict]) -> List[Dict[str, torch.Tensor]]:
         """Per input: ``{"sem_seg": [C, height, width], "relevance": [C]}`` (see ``forward``),
-        ``C`` over ``inference_class_names`` (``set_inference_classes``)."""
-        text = self.inference_text_embeddings()
-        results = []
-        for x in batched_inputs:
-            image = self._normalize(x["image"])
-            height, width = image.shape[-2:]
-            sem, relevance = self._test_time(image, text, self._class_source)
-            out_h, out_w = x.get("height", height), x.get("width", width)
-            sem = sem_seg_postprocess(sem, (height, width), out_h, out_w)
-            results.append({"sem_seg": sem, "relevance": relevance})
-        return results
+        ``C`` over ``inference_class_names`` (``set_inference_classes``); sliding windows and
+        test-time augmentation of ``semseg_inference``."""
+        predict = self.window_predictor(
+            self.inference_text_embeddings(), self.inference_classes.source
+        )
+        return [self.semseg_inference(predict, self._normalize, x) for x in batched_inputs]
 
     @torch.no_grad()
     def semantic_probs(self, images: torch.Tensor) -> torch.Tensor:
@@ -758,13 +547,5 @@ class HierVL(nn.Module):
         Returns:
             ``[B, C, H, W]``, summing to 1 over classes.
         """
-        text = self.text_embeddings()
-        height, width = images.shape[-2:]
-        crop_h, crop_w = self.crop_size
-        if not self.sliding_window or (height <= crop_h and width <= crop_w):
-            sem, _ = self._predict(images.to(self.device).float(), text)
-        else:
-            sem = torch.stack(
-                [self._sliding(img.to(self.device).float(), text)[0] for img in images]
-            )
-        return sem / sem.sum(1, keepdim=True).clamp(min=1e-6)
+        predict = self.window_predictor(self.text_embeddings())
+        return self.semseg_inference.probabilities(predict, images.to(self.device).float())

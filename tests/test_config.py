@@ -1,7 +1,9 @@
 """Every key that add_hiervl_config adds is read by some code of the project."""
+
 import re
 from pathlib import Path
 
+import pytest
 from detectron2.config import CfgNode, get_cfg
 
 from hiervl import add_hiervl_config
@@ -79,3 +81,22 @@ def test_config_round_trip(tmp_path):
     cfg2.merge_from_file(str(path))
     assert cfg2.MODEL.HIERVL.HSQG.NUM_LEVELS == 2
     assert dict(_items(cfg2)) == dict(_items(cfg))
+
+
+def test_mask2former_keys_and_the_renamed_ones(tmp_path):
+    """Where the concept is Mask2Former's, the key is too: MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+    TEST.AUG.*. An old key stops with a message naming the new one, from a file or the command
+    line."""
+    from hiervl import load_config
+
+    cfg = load_config(opts=["MODEL.SEM_SEG_HEAD.NUM_CLASSES", 8])
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 8 and "NUM_CLASSES" not in cfg.MODEL.HIERVL
+    path = tmp_path / "old.yaml"
+    path.write_text("MODEL:\n  HIERVL:\n    NUM_CLASSES: 8\n")
+    for kwargs in ({"opts": ["MODEL.HIERVL.NUM_CLASSES", 8]}, {"config_file": str(path)}):
+        with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.NUM_CLASSES"):
+            load_config(**kwargs)
+    with pytest.raises(KeyError, match="TEST.AUG.FLIP"):
+        load_config(opts=["MODEL.HIERVL.TEST.FLIP", True])
+    with pytest.raises(KeyError, match="TEST.AUG.MIN_SIZES.*shortest-edge"):
+        load_config(opts=["MODEL.HIERVL.TEST.SCALES", [0.75, 1.0]])

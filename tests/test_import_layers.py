@@ -3,14 +3,18 @@
 The package never imports a project (``projects/``) nor edits ``sys.path``; nothing below the
 engine imports it; the engine reads masks through ``hiervl.data`` and imports
 ``hiervl.evaluation`` only where the trainer builds its evaluator (as detectron2's
-``DefaultTrainer`` imports ``detectron2.evaluation``).
+``DefaultTrainer`` imports ``detectron2.evaluation``); the model (``hiervl.modeling``,
+``hiervl.ops``, ``hiervl.hiervl_model``) imports neither the engine nor the evaluation; and no
+two modules import each other, directly or around a circle, not even over one constant.
+Imports inside functions count: a lazy import is still a dependency.
 """
 
 import ast
 from pathlib import Path
-from typing import Iterator, Set, Tuple
+from typing import Dict, Iterator, List, Set, Tuple
 
 PACKAGE = Path(__file__).resolve().parents[1] / "hiervl"
+MODEL_LAYER = ("hiervl.modeling", "hiervl.ops", "hiervl.hiervl_model")
 
 
 def _module_name(path: Path) -> str:
@@ -62,3 +66,70 @@ def test_the_engine_reads_masks_through_data():
             assert evaluation <= {"hiervl.evaluation", "hiervl.evaluation.build_semseg_evaluator"}
         else:
             assert not evaluation, path
+
+
+def _module_graph() -> Dict[str, Set[str]]:
+    """Module -> the package's modules it imports (an imported name counts as its module)."""
+    imports = {_module_name(path): names for path, names in _package_files()}
+    graph = {}
+    for module, names in imports.items():
+        targets = {n if n in imports else n.rpartition(".")[0] for n in names}
+        graph[module] = {t for t in targets if t in imports and t != module}
+    return graph
+
+
+def _cycles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: Dict[str, int] = {}
+    low: Dict[str, int] = {}
+    stack: List[str] = []
+    on_stack: Set[str] = set()
+    found: List[List[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in graph:
+                continue
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                top = stack.pop()
+                on_stack.discard(top)
+                component.append(top)
+                if top == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_cycle_finder_finds_a_circle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_package_has_no_import_circle():
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_model_imports_neither_engine_nor_evaluation():
+    wrong = [
+        f"{name} -> {target}"
+        for name, targets in sorted(_module_graph().items())
+        if name.startswith(MODEL_LAYER)
+        for target in sorted(targets)
+        if target.startswith(("hiervl.engine", "hiervl.evaluation"))
+    ]
+    assert not wrong, wrong

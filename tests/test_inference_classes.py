@@ -3,7 +3,6 @@ model trained on the demo's 8 classes predicts over renamed, reordered, extended
 200-name lists; the output ids and the drawn labels follow the given list."""
 
 import uuid
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ import hiervl.hiervl_model  # noqa: F401  (registers the META_ARCH)
 from hiervl.data.datasets.demo import DEMO_CLASSES, DEMO_COLORS, render_scene
 from hiervl.evaluation.sem_seg_evaluation import HierVLSemSegEvaluator
 from hiervl.evaluation.visualization import class_list_metadata, draw_semseg
-from hiervl.hiervl_model import HierVL
+from hiervl.modeling.inference import row_class_probs
 from hiervl.utils.testing import recorded_texts, tiny_config, train_tiny_model
 
 
@@ -116,9 +115,8 @@ def test_row_probabilities_of_training_and_new_names():
     embeds = torch.tensor([[[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]]])
     text = torch.eye(3)  # names: "new a" (along e0), "grass" (training class 1), "new b"
     source = torch.tensor([-1, 1, -1])
-    fake = SimpleNamespace(new_class_temperature=0.1)
-    out = HierVL._row_class_probs(
-        fake, {"pred_logits": logits, "pred_embeds": embeds}, text, source
+    out = row_class_probs(
+        {"pred_logits": logits, "pred_embeds": embeds}, text, source, temperature=0.1
     )
     assert out.shape == (1, 2, 3)
     assert torch.allclose(out[..., 1], probs[..., 1])

@@ -7,11 +7,13 @@ import pytest
 import torch
 import yaml
 from detectron2.config import CfgNode, get_cfg
-from detectron2.modeling import build_model
+from detectron2.modeling import DatasetMapperTTA, build_model
 
 import hiervl.hiervl_model  # noqa: F401  (registers the META_ARCH)
 from hiervl import add_hiervl_config
 from hiervl.hiervl_model import HierVL
+from hiervl.modeling.clip import CLIPImageEncoder
+from hiervl.modeling.heads import build_transformer_decoder
 from hiervl.utils.testing import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,23 +123,45 @@ def test_sliding_window_whole_image_and_tta():
     model = _model(cfg).eval()
     image = torch.randint(0, 256, (3, 100, 130), dtype=torch.uint8)
     # 64-px windows with stride 48 cover a 100 x 130 image with 2 x 3 windows
-    assert model._windows(100, 130) == [(0, 0), (0, 48), (0, 66), (36, 0), (36, 48), (36, 66)]
+    tta = model.semseg_inference
+    assert tta.windows(100, 130) == [(0, 0), (0, 48), (0, 66), (36, 0), (36, 48), (36, 66)]
     sliding = model([{"image": image}])[0]["sem_seg"]
-    model.sliding_window = False
+    tta.sliding_window = False
     whole = model([{"image": image}])[0]["sem_seg"]
     assert sliding.shape == whole.shape == (8, 100, 130)
     assert not torch.allclose(sliding, whole)
     # a window larger than the image runs it whole
-    model.sliding_window, model.crop_size = True, (256, 256)
+    tta.sliding_window, tta.crop_size = True, (256, 256)
     torch.testing.assert_close(model([{"image": image}])[0]["sem_seg"], whole)
-    # TTA: flip + two scales, averaged at the input size
-    model.flip, model.scales = True, [0.75, 1.0]
-    tta = model([{"image": image}])[0]["sem_seg"]
-    assert tta.shape == (8, 100, 130) and torch.isfinite(tta).all()
-    model.scales = [1.0]
+    # TTA: detectron2's views (shortest edge 75 and 100 px, and their flips), averaged at the
+    # input size
+    tta.tta = DatasetMapperTTA(min_sizes=[75, 100], max_size=1000, flip=True)
+    augmented = model([{"image": image}])[0]["sem_seg"]
+    assert augmented.shape == (8, 100, 130) and torch.isfinite(augmented).all()
+    assert not torch.allclose(augmented, whole)
+    # flip only (the input size and its mirror): the mean of the plain and mirrored maps
+    tta.tta = DatasetMapperTTA(min_sizes=[100], max_size=1000, flip=True)
     flip_only = model([{"image": image}])[0]["sem_seg"]
     mirrored = model([{"image": image.flip(-1)}])[0]["sem_seg"]
     torch.testing.assert_close(flip_only, mirrored.flip(-1), rtol=1e-4, atol=1e-5)
+    tta.tta = None
+    plain = model([{"image": image}])[0]["sem_seg"]
+    plain_of_mirror = model([{"image": image.flip(-1)}])[0]["sem_seg"]
+    torch.testing.assert_close(flip_only, (plain + plain_of_mirror.flip(-1)) / 2)
+
+
+def test_test_time_augmentation_reads_detectron2s_keys():
+    """TEST.AUG.{ENABLED, MIN_SIZES, MAX_SIZE, FLIP}, as in detectron2 and Mask2Former (the
+    views: detectron2's DatasetMapperTTA); off by default."""
+    assert _model().semseg_inference.tta is None
+    cfg = tiny_config(TEST__AUG__ENABLED=True, TEST__AUG__MIN_SIZES=[48, 96], TEST__AUG__FLIP=True)
+    views = _model(cfg).semseg_inference._views(torch.zeros(3, 64, 80, dtype=torch.uint8))
+    assert [(tuple(v.shape[-2:]), flipped) for v, flipped in views] == [
+        ((48, 60), False),
+        ((48, 60), True),
+        ((96, 120), False),
+        ((96, 120), True),
+    ]
 
 
 def test_semantic_probs_is_a_distribution(model):
@@ -305,12 +329,12 @@ def test_feature_dropout_perturbs_the_pixel_features_not_the_global_embedding(mo
     images = model._normalize(_inputs(count=1)[0]["image"])[None]
     text = model.text_embeddings()
     with torch.no_grad():
-        clean, hs_clean, _ = model._run(images, text)
-        again, _, _ = model._run(images, text)
-        perturbed, hs_perturbed, _ = model._run(images, text, feature_dropout=0.5)
+        clean, hsqg_clean, _ = model.encode_decode(images, text)
+        again, _, _ = model.encode_decode(images, text)
+        perturbed, hsqg_perturbed, _ = model.encode_decode(images, text, feature_dropout=0.5)
     torch.testing.assert_close(clean["pred_masks"], again["pred_masks"])
     assert not torch.allclose(clean["pred_masks"], perturbed["pred_masks"])
-    torch.testing.assert_close(hs_clean["relevance_logits"], hs_perturbed["relevance_logits"])
+    torch.testing.assert_close(hsqg_clean["relevance_logits"], hsqg_perturbed["relevance_logits"])
     # through the training losses
     losses = _train_step(model, unlabeled=_inputs(), feature_dropout=0.5)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -329,6 +353,31 @@ def test_bad_inputs_give_finite_losses(model):
     # confidence weights all zero, and random ones
     weights = [torch.zeros(48, 80), torch.rand(48, 80)]
     _train_step(model, unlabeled=_inputs(height=48, width=80), weights=weights)
+
+
+def test_loss_weights_shape_the_model_only_through_the_meta_arch():
+    """A loss weight decides whether a part exists (the frozen ViT copy of Eq. 6, the
+    text-space projection of Eq. 2): ``HierVL.from_config`` decides it and passes it down; the
+    encoder's and decoder's own ``from_config`` read no loss weight (they used to, so a loss
+    weight changed a module's structure and checkpoint keys behind the caller's back)."""
+    cfg = tiny_config(
+        MODEL__HIERVL__LOSS__ALIGN_WEIGHT=0.0, MODEL__HIERVL__LOSS__MASKED_CONSISTENCY_WEIGHT=0.0
+    )
+    model = _model(cfg)
+    assert model.image_encoder.frozen_visual is None and model.decoder.text_proj is None
+    assert not any(
+        k.startswith(("image_encoder.frozen_visual", "decoder.text_proj"))
+        for k in model.state_dict()
+    )
+    # the same config, the parts asked for by the caller
+    decoder = build_transformer_decoder(
+        cfg, num_classes=8, text_dim=64, num_class_rows=0, num_levels=1, predict_embeds=True
+    )
+    assert decoder.text_proj is not None
+    encoder = CLIPImageEncoder(cfg, frozen_copy=True)
+    assert encoder.frozen_visual is not None
+    full = _model(tiny_config())
+    assert full.image_encoder.frozen_visual is not None and full.decoder.text_proj is not None
 
 
 def _ablation_cfg(path):

@@ -150,7 +150,7 @@ def test_folder_registration_messages_reach_the_log_and_no_gpu_means_cpu(tmp_pat
     assert run.returncode == 0, run.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "drew 4 train / 1 val labelled images" in log and str(root / "splits") in log, log[:3000]
-    assert "MODEL.HIERVL.NUM_CLASSES set to 3" in log
+    assert "MODEL.SEM_SEG_HEAD.NUM_CLASSES set to 3" in log
     assert (root / "splits" / "labeled.txt").is_file()
     if not torch.cuda.is_available():
         assert "MODEL.DEVICE is 'cuda' but no CUDA GPU is available: running on the CPU" in log

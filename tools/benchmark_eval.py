@@ -17,7 +17,6 @@ decoding are not included.
     python tools/benchmark_eval.py --smoke               # CPU, tiny model, seconds
 """
 import argparse
-import math
 import os
 import sys
 from typing import Dict, List, Optional, Tuple
@@ -29,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchmark_common as bm  # noqa: E402  (tools/benchmark_common.py)
+from hiervl.modeling.inference import window_corners  # noqa: E402
 
 VOC_VAL_IMAGES = 1449
 SMOKE = {
@@ -52,11 +52,7 @@ def parse_sizes(text: str) -> List[Tuple[int, int]]:
 def num_windows(height: int, width: int, crop: Tuple[int, int], stride: Tuple[int, int]) -> int:
     """Sliding windows of one image (1 when it fits in one crop), as ``MODEL.HIERVL.TEST``
     places them."""
-    if height <= crop[0] and width <= crop[1]:
-        return 1
-    rows = max(math.ceil((height - crop[0]) / stride[0]), 0) + 1
-    cols = max(math.ceil((width - crop[1]) / stride[1]), 0) + 1
-    return rows * cols
+    return len(window_corners(height, width, crop, stride))
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -123,7 +119,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, str]:
     total = sum(times)
     ips = len(times) / total
     windows = ", ".join(f"{h}x{w}: {num_windows(h, w, crop, stride)}" for h, w in sizes)
-    tta = f"flip {test.FLIP}, scales {list(test.SCALES)}"
+    aug = cfg.TEST.AUG
+    tta = (
+        f"TTA shortest edges {list(aug.MIN_SIZES)} (max {aug.MAX_SIZE}), flip {aug.FLIP}"
+        if aug.ENABLED
+        else "no TTA"
+    )
     figures = {
         "config": "tiny_config (hiervl.utils.testing)" if args.tiny else args.config_file,
         "device": bm.device_description(device),

@@ -104,7 +104,7 @@ def trainer_class(variant: str):
         return SyntheticLoader(
             batch=batch,
             size=cfg.INPUT.CROP.SIZE[0],
-            num_classes=cfg.MODEL.HIERVL.NUM_CLASSES,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             labeled=labeled,
             seed=seed,
         )

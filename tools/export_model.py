@@ -150,10 +150,8 @@ def setup_cfg(
         "reference",
         "MODEL.HIERVL.TEST.SLIDING_WINDOW",
         True,
-        "MODEL.HIERVL.TEST.FLIP",
+        "TEST.AUG.ENABLED",
         False,
-        "MODEL.HIERVL.TEST.SCALES",
-        [1.0],
     ]
     if window is not None:
         opts += ["MODEL.HIERVL.TEST.CROP_SIZE", [int(s) for s in window]]

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog
-from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 from detectron2.modeling import build_model
 from detectron2.utils.logger import setup_logger
@@ -38,6 +37,7 @@ from tqdm import tqdm
 import hiervl.data  # noqa: F401  (registers the built-in datasets)
 import hiervl.hiervl_model  # noqa: F401  (registers the HierVL META_ARCH)
 from hiervl.config import load_config
+from hiervl.data.dataset_mappers.augment import resize_for_test
 from hiervl.data.image_io import load_semseg_mask
 from hiervl.evaluation.visualization import (
     draw_semseg,
@@ -88,11 +88,7 @@ class TeacherPseudoLabeler:
         self.mean = torch.tensor(cfg.MODEL.PIXEL_MEAN, device=device).view(3, 1, 1)
         self.std = torch.tensor(cfg.MODEL.PIXEL_STD, device=device).view(3, 1, 1)
         self.device = device
-        self.resize = None
-        if cfg.INPUT.MIN_SIZE_TEST > 0:
-            self.resize = T.ResizeShortestEdge(
-                [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-            )
+        self.resize = resize_for_test(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> torch.Tensor:

@@ -78,7 +78,7 @@ def setup_cfg(args: argparse.Namespace) -> CfgNode:
     # One forward pass per image: the hooks below read the HSQG / decoder tensors of that pass.
     return load_config(
         args.config_file,
-        list(args.opts) + ["MODEL.HIERVL.TEST.FLIP", False, "MODEL.HIERVL.TEST.SCALES", [1.0]],
+        list(args.opts) + ["TEST.AUG.ENABLED", False],
     )
 
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from hiervl.hiervl_model import semantic_map
+from hiervl.modeling.inference import semantic_map
 
 __all__ = ["SemiSupervisedObjective", "UnlabeledBatch", "prediction_entropy"]
 

@@ -212,7 +212,7 @@ class HierVLTrainer(DefaultTrainer):
             if d.get("sem_seg_file_name")
         ]
         ignore = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("ignore_label", 255)
-        prior = class_pixel_prior(files, cfg.MODEL.HIERVL.NUM_CLASSES, ignore_label=ignore)
+        prior = class_pixel_prior(files, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, ignore_label=ignore)
         logger.info(
             "Distribution alignment: class prior from %d labelled masks: %s",
             len(files),

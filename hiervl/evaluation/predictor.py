@@ -5,7 +5,7 @@
 one and ``MODEL.HIERVL.TEST.USE_TEACHER``), resizes like detectron2's test mapper
 (``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``, skipped when
 ``MIN_SIZE_TEST`` is 0) and returns the model's output at the input's own size. Sliding window
-and flip / multi-scale TTA happen inside the model (``MODEL.HIERVL.TEST``). Given
+(``MODEL.HIERVL.TEST``) and flip / multi-scale TTA (``TEST.AUG``) happen inside the model. Given
 ``class_names``, the model predicts over those names (``HierVL.set_inference_classes``).
 """
 
@@ -14,9 +14,9 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 from detectron2.config import CfgNode
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from hiervl.data.dataset_mappers.augment import resize_for_test
 from hiervl.utils.checkpoint import load_inference_weights
 
 __all__ = ["HierVLPredictor"]
@@ -62,11 +62,7 @@ class HierVLPredictor:
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):
             raise ValueError(f"INPUT.FORMAT must be RGB or BGR, got {self.input_format!r}")
-        self.resize = None
-        if cfg.INPUT.MIN_SIZE_TEST > 0:
-            self.resize = T.ResizeShortestEdge(
-                [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-            )
+        self.resize = resize_for_test(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
     @torch.no_grad()
     def __call__(self, image: np.ndarray) -> Dict[str, torch.Tensor]:

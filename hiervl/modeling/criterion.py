@@ -12,6 +12,10 @@ be absent from each image. A row with no segment then targets "no object" only w
 known — a class row whose class is known absent, an instance row that claims (argmax) no class,
 a class known absent, or a class that has a segment (a duplicate) — and takes no part in the
 classification loss otherwise.
+
+Mask losses are computed at points (PointRend / Mask2Former): detectron2's ``point_sample`` and
+``get_uncertain_point_coords_with_randomness`` pick them, mostly where the prediction is
+uncertain, among the pixels that have a target.
 """
 
 import logging
@@ -21,12 +25,15 @@ from typing import Dict, List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_with_randomness,
+    point_sample,
+)
 from torch import nn
 
 from hiervl.utils.comm import all_reduce_mean
 
 from .matcher import HungarianMatcher
-from .point_sampling import logit_uncertainty, point_sample, uncertain_point_coords
 
 __all__ = ["HierVLCriterion", "semantic_targets"]
 
@@ -57,6 +64,12 @@ def semantic_targets(
     labels = torch.unique(sem_seg[valid & (pixel_weight > 0)])
     masks = (sem_seg[None] == labels[:, None, None]).float()
     return {"labels": labels.long(), "masks": masks, "weight": pixel_weight}
+
+
+def logit_uncertainty(logits: torch.Tensor) -> torch.Tensor:
+    """Uncertainty of sampled binary mask logits ``[N, 1, P]``: ``-|logit|`` (highest at the
+    decision boundary)."""
+    return -logits.abs()
 
 
 def _labelled_logit_uncertainty(points: torch.Tensor) -> torch.Tensor:
@@ -104,8 +117,18 @@ class HierVLCriterion(nn.Module):
             oversample_ratio: candidate points per kept point for importance sampling.
             importance_sample_ratio: fraction of points chosen by uncertainty.
             deep_supervision: also supervise ``outputs["aux_outputs"]`` (suffix ``_<i>``).
+
+        Raises:
+            ValueError: ``oversample_ratio`` below 1 or ``importance_sample_ratio`` outside
+                ``[0, 1]``.
         """
         super().__init__()
+        if oversample_ratio < 1.0:
+            raise ValueError(f"oversample_ratio must be >= 1, got {oversample_ratio}")
+        if not 0.0 <= importance_sample_ratio <= 1.0:
+            raise ValueError(
+                f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
+            )
         self.num_classes = num_classes
         self.matcher = matcher
         self.class_weight = class_weight
@@ -124,7 +147,7 @@ class HierVLCriterion(nn.Module):
     def from_config(cls, cfg) -> dict:
         loss = cfg.MODEL.HIERVL.LOSS
         return {
-            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "matcher": HungarianMatcher(
                 cost_class=loss.CLASS_WEIGHT,
                 cost_mask=loss.MASK_WEIGHT,
@@ -328,16 +351,16 @@ class HierVLCriterion(nn.Module):
             # pixels (unsure pseudo-labels, padding) carry no loss and would waste points.
             # (the weights at the mask logits' resolution: > 0 where any pixel has a target)
             coarse_weight = F.adaptive_avg_pool2d(weight.float(), src.shape[-2:])
-            coords = uncertain_point_coords(
+            coords = get_uncertain_point_coords_with_randomness(
                 torch.cat([src.detach(), coarse_weight], dim=1),
                 _labelled_logit_uncertainty,
                 self.num_points,
                 self.oversample_ratio,
                 self.importance_sample_ratio,
             )
-            tgt_points = point_sample(tgt.float(), coords)[:, 0]
-            weight_points = point_sample(weight.float(), coords)[:, 0]
-        src_points = point_sample(src, coords)[:, 0]
+            tgt_points = point_sample(tgt.float(), coords, align_corners=False)[:, 0]
+            weight_points = point_sample(weight.float(), coords, align_corners=False)[:, 0]
+        src_points = point_sample(src, coords, align_corners=False)[:, 0]
         bce = F.binary_cross_entropy_with_logits(src_points, tgt_points, reduction="none")
         # Mean over the points that have a target, so that a mask's BCE does not shrink with
         # the ignored fraction of its image (dice is already normalised by its own sums).

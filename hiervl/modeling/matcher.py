@@ -10,10 +10,9 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-
-from .point_sampling import point_sample
 
 __all__ = ["HungarianMatcher", "batch_sigmoid_bce_cost", "batch_dice_cost"]
 
@@ -122,9 +121,13 @@ class HungarianMatcher(nn.Module):
             cost = -self.cost_class * logits.softmax(-1)[:, labels]
             if self.cost_mask != 0.0 or self.cost_dice != 0.0:
                 coords = torch.rand(1, self.num_points, 2, device=masks.device)
-                pred_points = point_sample(masks[None], coords)[0]
-                tgt_points = point_sample(target["masks"][None].float(), coords)[0]
-                weight = point_sample(target["weight"][None, None].float(), coords)[0, 0]
+                pred_points = point_sample(masks[None], coords, align_corners=False)[0]
+                tgt_points = point_sample(
+                    target["masks"][None].float(), coords, align_corners=False
+                )[0]
+                weight = point_sample(
+                    target["weight"][None, None].float(), coords, align_corners=False
+                )[0, 0]
                 if self.cost_mask != 0.0:
                     cost = cost + self.cost_mask * batch_sigmoid_bce_cost(
                         pred_points, tgt_points, weight

@@ -3,7 +3,9 @@
 Prompt regularisers (Eq. 3–5) compare the learnable-prompt embeddings ``t̂`` with the fixed
 template ones ``t⁰``; the masked consistency (Eq. 6) and pixel–text (Eq. 7) losses work on the
 tokens of one blanked class per image (``build_masked_views``). All return finite scalars,
-with a grad path to their inputs, also on empty masks.
+with a grad path to their inputs, also on empty masks. ``prompt_losses`` and
+``vision_language_losses`` are the weighted terms ``HierVL.losses`` adds, with the parts they
+need passed in.
 """
 
 from typing import Dict, Optional
@@ -14,6 +16,8 @@ from torch import nn
 
 __all__ = [
     "AnchorHead",
+    "prompt_losses",
+    "vision_language_losses",
     "topology_loss",
     "anchor_loss",
     "masked_consistency_loss",
@@ -218,3 +222,93 @@ def build_masked_views(
         "classes": classes,
         "valid": classes >= 0,
     }
+
+
+def prompt_losses(
+    t_hat: torch.Tensor,
+    t0: torch.Tensor,
+    *,
+    topo_weight: float,
+    anchor_weight: float,
+    anchor_head: Optional[nn.Module] = None,
+    anchor_lambda: float = 1.0,
+) -> Dict[str, torch.Tensor]:
+    """Eq. 3-5, weighted: ``loss_topo`` and ``loss_anchor`` (a term whose weight is 0 is left
+    out).
+
+    Args:
+        t_hat: ``[C, Dt]`` learnable-prompt class embeddings.
+        t0: ``[C, Dt]`` fixed-template class embeddings.
+        topo_weight / anchor_weight: weights of Eq. 3 / Eq. 4.
+        anchor_head / anchor_lambda: ``h`` and ``λ`` of Eq. 4 (``anchor_loss``).
+    """
+    losses = {}
+    if topo_weight > 0:
+        losses["loss_topo"] = topo_weight * topology_loss(t_hat, t0)
+    if anchor_weight > 0:
+        losses["loss_anchor"] = anchor_weight * anchor_loss(
+            t_hat, t0, head=anchor_head, lam=anchor_lambda
+        )
+    return losses
+
+
+def vision_language_losses(
+    image_encoder: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    text: torch.Tensor,
+    *,
+    masked_consistency_weight: float,
+    pixel_text_weight: float,
+    temperature: float,
+    ignore_label: int = 255,
+) -> Dict[str, torch.Tensor]:
+    """Eq. 6-8, weighted, on images with a present class (ground truth or pseudo-label): one
+    class is blanked per image (``build_masked_views``); the trained encoder's dense tokens on
+    ``M`` must match the frozen encoder's on the original image (Eq. 6, ``loss_masked_
+    consistency``) and classify as that class (Eq. 7, ``loss_pixel_text``). Both are 0 when
+    no image has a class to blank; a term whose weight is 0 is left out.
+
+    Args:
+        image_encoder: ``CLIPImageEncoder`` (``dense_embeddings``, ``frozen_dense_embeddings``
+            with Eq. 6 on, ``patch_size``).
+        images: ``[B, 3, H, W]`` normalised, padded training images.
+        labels: ``[B, H, W]`` long targets (``ignore_label`` = ignored).
+        text: ``[C, Dt]`` class embeddings ``t̂``.
+        masked_consistency_weight / pixel_text_weight: weights of Eq. 6 / Eq. 7.
+        temperature: ``τ`` of Eq. 7.
+        ignore_label: label of ignored pixels.
+    """
+    mc_on = masked_consistency_weight > 0
+    pt_on = pixel_text_weight > 0
+    if not (mc_on or pt_on):
+        return {}
+    views = build_masked_views(
+        images, labels, patch_size=image_encoder.patch_size, ignore_label=ignore_label
+    )
+    valid = views["valid"]
+    losses = {}
+    if not bool(valid.any()):
+        zero = images.new_zeros(())
+        if mc_on:
+            losses["loss_masked_consistency"] = zero
+        if pt_on:
+            losses["loss_pixel_text"] = zero.clone()
+        return losses
+    feats = image_encoder.dense_embeddings(views["images"][valid])
+    mask = views["token_mask"][valid]
+    if mc_on:
+        frozen = image_encoder.frozen_dense_embeddings(images[valid])
+        losses["loss_masked_consistency"] = masked_consistency_weight * (
+            masked_consistency_loss(feats, frozen, mask)
+        )
+    if pt_on:
+        losses["loss_pixel_text"] = pixel_text_weight * pixel_text_loss(
+            feats,
+            text,
+            views["token_labels"][valid],
+            temperature=temperature,
+            mask=mask,
+            ignore_label=ignore_label,
+        )
+    return losses

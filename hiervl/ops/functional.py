@@ -38,8 +38,6 @@ IMPLS = ("auto", "reference", "fused")
 ENV_VAR = "HIERVL_MSDA_IMPL"
 # dtypes the fused kernel accepts for ``value`` (it always accumulates in float32).
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Largest head dim the fused kernel holds in registers (one [BLOCK_Q, Dh] tile per corner).
-FUSED_MAX_HEAD_DIM = 256
 
 _logged_decisions = set()
 
@@ -161,12 +159,18 @@ def resolve_impl(impl: str, value: torch.Tensor) -> Tuple[str, str]:
         problem = f"value is on {value.device}, the fused kernel needs a CUDA tensor"
     elif value.dtype not in _FUSED_DTYPES:
         problem = f"value dtype {value.dtype} is not supported by the fused kernel"
-    elif value.shape[-1] > FUSED_MAX_HEAD_DIM:
-        problem = f"head dim {value.shape[-1]} exceeds the fused kernel's {FUSED_MAX_HEAD_DIM}"
     else:
         available, why = fused_kernel_status()
         if not available:
             problem = f"fused kernel unavailable: {why}"
+        else:
+            # The kernel's own limit, read from its module (which imports only when Triton does).
+            from .triton_kernels import FUSED_MAX_HEAD_DIM
+
+            if value.shape[-1] > FUSED_MAX_HEAD_DIM:
+                problem = (
+                    f"head dim {value.shape[-1]} exceeds the fused kernel's {FUSED_MAX_HEAD_DIM}"
+                )
     if problem is None:
         return "fused", f"value on {value.device} ({value.dtype}) and Triton available"
     if requested == "fused":

@@ -22,9 +22,10 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from .functional import FUSED_MAX_HEAD_DIM
+__all__ = ["FUSED_MAX_HEAD_DIM", "ms_deform_attn_fused", "MSDeformAttnFunction"]
 
-__all__ = ["ms_deform_attn_fused", "MSDeformAttnFunction"]
+# Largest head dim the fused kernel holds in registers (one [BLOCK_Q, Dh] tile per corner).
+FUSED_MAX_HEAD_DIM = 256
 
 
 @triton.jit

@@ -21,7 +21,7 @@ TINY_CLIP_NAME = "HierVL-Tiny-ViT"
 # (key, value) pairs applied over detectron2's defaults + add_hiervl_config.
 _TINY_SETTINGS = (
     ("MODEL.DEVICE", "cpu"),
-    ("MODEL.HIERVL.NUM_CLASSES", 8),
+    ("MODEL.SEM_SEG_HEAD.NUM_CLASSES", 8),
     ("MODEL.HIERVL.CLIP.MODEL_NAME", TINY_CLIP_NAME),
     ("MODEL.HIERVL.CLIP.PRETRAINED", ""),
     ("MODEL.HIERVL.CLIP.IMAGE_SIZE", 64),

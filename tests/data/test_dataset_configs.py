@@ -49,7 +49,7 @@ def test_config_recipe_and_datasets(dataset, n):
     for name in names:
         assert name in registered
         assert len(MetadataCatalog.get(name).stuff_classes) == classes
-    assert cfg.MODEL.HIERVL.NUM_CLASSES == classes
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == classes
     assert tuple(cfg.INPUT.CROP.SIZE) == (crop, crop)
     assert list(cfg.MODEL.HIERVL.TEST.CROP_SIZE) == [crop, crop]
     assert list(cfg.MODEL.HIERVL.TEST.STRIDE) == [crop // 2, crop // 2]

@@ -277,15 +277,15 @@ def test_register_folder_from_cfg(tmp_path):
             0.2,
         ]
     )
-    assert cfg.MODEL.HIERVL.NUM_CLASSES == 21
+    assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 21
     info = folder.register_folder_from_cfg(cfg)
     try:
         assert info.num_classes == 3 and info.counts["val"] == 1
-        assert cfg.MODEL.HIERVL.NUM_CLASSES == 3
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 3
         cfg.freeze()
         assert folder.register_folder_from_cfg(cfg).num_classes == 3  # frozen, matching: fine
         cfg.defrost()
-        cfg.MODEL.HIERVL.NUM_CLASSES = 5
+        cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
         cfg.freeze()
         with pytest.raises(FolderDatasetError, match="NUM_CLASSES=5 but .* has 3 classes"):
             folder.register_folder_from_cfg(cfg)
@@ -346,7 +346,7 @@ def test_config_template_names_match_the_registration(tmp_path):
         assert cfg.DATASETS.TRAIN == (info.names["train_labeled"],)
         assert cfg.DATASETS.TEST == (info.names["val"],)
         assert cfg.SEMI.UNLABELED_DATASETS == (info.names["train_unlabeled"],)
-        assert cfg.MODEL.HIERVL.NUM_CLASSES == len(CLASSES)
+        assert cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == len(CLASSES)
     finally:
         _unregister("custom")
 

@@ -14,6 +14,7 @@ from hiervl.data.dataset_mappers import (
     build_dataset_mapper,
     resize_pad_crop,
 )
+from hiervl.data.dataset_mappers.augment import resize_for_test
 
 
 @pytest.fixture()
@@ -60,6 +61,20 @@ def test_labeled_mapper_test_mode(sample):
     out = build_dataset_mapper(_cfg(), is_train=False)(sample)
     assert out["image"].shape == (3, 12, 20) and "sem_seg" not in out
     assert (out["height"], out["width"]) == (12, 20)
+
+
+def test_test_mapper_resizes_as_the_predictor(sample):
+    """INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST: the evaluation loader's images are resized as
+    HierVLPredictor resizes its input (the mapper used to keep them at their size while the
+    predictor resized, so evaluation and prediction saw different images)."""
+    cfg = _cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 24, 36
+    out = build_dataset_mapper(cfg, is_train=False)(sample)
+    assert out["image"].shape == (3, 22, 36)  # shortest edge 24, then the longest capped at 36
+    assert (out["height"], out["width"]) == (12, 20)  # the output keeps the original size
+    image = np.asarray(Image.open(sample["file_name"]).convert("RGB"))
+    resized = resize_for_test(24, 36).get_transform(image).apply_image(image)
+    assert torch.equal(out["image"], torch.from_numpy(resized.transpose(2, 0, 1).copy()))
 
 
 def test_unlabeled_mapper_views(sample):
@@ -135,13 +150,13 @@ def test_mask_ids_outside_the_classes_are_an_error_naming_the_file(tmp_path):
     mask[0, 0], mask[5, 5], mask[6, 6] = 255, 5, 7
     Image.fromarray(mask).save(tmp_path / "mask.png")
     cfg = _cfg()
-    cfg.MODEL.HIERVL.NUM_CLASSES = 5
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 5
     mapper = build_dataset_mapper(cfg, "semantic_labeled", is_train=True)
     with pytest.raises(
         ValueError, match=r"ids \[5, 7\] outside 0\.\.4 and ignore 255 \(.*mask\.png"
     ):
         mapper(record, rng=np.random.default_rng(0))
-    cfg.MODEL.HIERVL.NUM_CLASSES = 8
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 8
     assert build_dataset_mapper(cfg, "semantic_labeled")(record)["sem_seg"].max() == 255
 
 

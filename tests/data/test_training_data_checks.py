@@ -43,7 +43,7 @@ def dataset(tmp_path, monkeypatch):
         SEMI__ENABLED=False,
         SOLVER__MAX_ITER=2,
         SOLVER__CHECKPOINT_PERIOD=100,
-        MODEL__HIERVL__NUM_CLASSES=3,
+        MODEL__SEM_SEG_HEAD__NUM_CLASSES=3,
     )
     yield root, cfg
     for name in [n for n in DatasetCatalog.list() if n.startswith(NAME + "_")]:

@@ -38,7 +38,7 @@ class EngineToySegModel(nn.Module):
     @classmethod
     def from_config(cls, cfg):
         return {
-            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
@@ -143,7 +143,7 @@ def toy_config(root: str, output_dir: str, **solver):
     add_hiervl_config(cfg)
     cfg.MODEL.META_ARCHITECTURE = TOY_ARCH
     cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.HIERVL.NUM_CLASSES = 3
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
     cfg.DATASETS.TRAIN = (names["labeled"],)
     cfg.SEMI.UNLABELED_DATASETS = (names["unlabeled"],)
     cfg.DATASETS.TEST = (names["val"],)

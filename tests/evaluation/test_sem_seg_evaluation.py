@@ -206,7 +206,7 @@ def test_eval_only_on_images_of_one_pixel_to_32_px(tmp_path):
     cfg = tiny_config(
         OUTPUT_DIR=str(tmp_path / "out"), DATASETS__TRAIN=(name,), DATASETS__TEST=(name,)
     )
-    cfg.MODEL.HIERVL.NUM_CLASSES = 3
+    cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES = 3
     torch.manual_seed(0)
     model = HierVLTrainer.build_model(cfg)
     results = HierVLTrainer.test_model(cfg, model, "tiny")

@@ -125,9 +125,8 @@ def test_from_config_tiny():
     cfg.MODEL.HIERVL.CLIP.IMAGE_SIZE = 64
     cfg.MODEL.HIERVL.CLIP.FEATURE_LAYERS = [0, 1, 2, 3]
     cfg.MODEL.HIERVL.PIXEL_DECODER.CONV_DIM = 64
-    cfg.MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT = 0.0
     enc = CLIPImageEncoder(cfg)
-    assert enc.frozen_visual is None
+    assert enc.frozen_visual is None  # the caller asks for the frozen copy (frozen_copy=True)
     assert enc.output_shape()["res3"].channels == 64
     cfg.MODEL.HIERVL.CLIP.FEATURE_LAYERS = [0, 1, 2, 7]
     with pytest.raises(ValueError, match="out of range"):
@@ -182,7 +181,7 @@ def test_shared_clip_model_between_encoders(tiny_clip):
     cfg.MODEL.HIERVL.CLIP.MODEL_NAME = TINY
     cfg.MODEL.HIERVL.CLIP.FEATURE_LAYERS = [0, 1, 2, 3]
     clip_model = copy.deepcopy(tiny_clip)
-    image = CLIPImageEncoder(cfg, clip_model=clip_model)
+    image = CLIPImageEncoder(cfg, clip_model=clip_model, frozen_copy=True)
     text = PromptTextEncoder(cfg, clip_model=clip_model)
     assert image.visual is clip_model.visual and image.frozen_visual is not None
     assert text.tower.token_embedding is clip_model.token_embedding

@@ -5,14 +5,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import (
+    get_uncertain_point_coords_with_randomness as uncertain_point_coords,
+)
 
 from hiervl.modeling.criterion import (
     HierVLCriterion,
     _labelled_logit_uncertainty,
+    logit_uncertainty,
     semantic_targets,
 )
 from hiervl.modeling.matcher import HungarianMatcher
-from hiervl.modeling.point_sampling import logit_uncertainty, uncertain_point_coords
 
 C, E, N, H, W, DT = 3, 2, 2, 32, 32, 8
 
@@ -183,6 +186,15 @@ def test_mask_bce_is_a_mean_over_labelled_points_chosen_among_labelled_pixels():
     coords = uncertain_point_coords(logits, logit_uncertainty, 256, 3.0, 1.0)
     # the plain logit uncertainty spends most points on the ignored quarter
     assert (coords[..., 0] > 23 / 32).float().mean() > 0.6
+
+
+def test_point_sampling_ratios_are_checked_when_the_criterion_is_built():
+    # detectron2's point selection only asserts them, at the first step; a bad config fails at
+    # build time with a message instead.
+    with pytest.raises(ValueError, match="oversample_ratio"):
+        _criterion(oversample_ratio=0.5)
+    with pytest.raises(ValueError, match="importance_sample_ratio"):
+        _criterion(importance_sample_ratio=1.5)
 
 
 def test_zero_weights_skip_terms_and_deep_supervision():

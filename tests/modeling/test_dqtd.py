@@ -165,7 +165,41 @@ def test_registry_build_from_config():
     cfg = tiny_config()
     assert "DualQueryTransformerDecoder" in TRANSFORMER_DECODER_REGISTRY
     dec = build_transformer_decoder(
-        cfg, num_classes=8, text_dim=64, num_class_rows=16, num_levels=2
+        cfg, num_classes=8, text_dim=64, num_class_rows=16, num_levels=2, predict_embeds=False
     )
+    assert dec.text_proj is None
     assert dec.num_rows == 16 + cfg.MODEL.HIERVL.DECODER.NUM_INSTANCE_QUERIES
     assert len(dec.layers) == cfg.MODEL.HIERVL.DECODER.NUM_LAYERS
+
+
+def test_checkpoints_with_the_old_mask_mlp_keys_still_load(tmp_path):
+    """``mask_embed`` is torchvision's MLP (``mask_embed.0/3/6``); checkpoints written with our
+    old MLP (``mask_embed.layers.0/1/2``) load into it, through the strict checkpointer too."""
+    from torch import nn
+
+    from hiervl.utils.checkpoint import StrictCheckpointer
+
+    trained = _decoder()
+    old = {}
+    for key, value in trained.state_dict().items():
+        if key.startswith("mask_embed."):
+            index, rest = key[len("mask_embed.") :].split(".", 1)
+            key = f"mask_embed.layers.{int(index) // 3}.{rest}"
+        old[key] = value
+    assert "mask_embed.layers.2.weight" in old and "mask_embed.6.weight" not in old
+    fresh = _decoder()
+    torch.nn.init.zeros_(fresh.mask_embed[0].weight)
+    fresh.load_state_dict(old)  # strict
+    feats, mask_features, queries = _inputs()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fresh(feats, mask_features, queries)["pred_masks"],
+            trained(feats, mask_features, queries)["pred_masks"],
+        )
+    # through the checkpointer (a model that holds the decoder, as HierVL does)
+    torch.save({"model": {f"decoder.{k}": v for k, v in old.items()}}, tmp_path / "old.pth")
+    holder = nn.Module()
+    holder.decoder = _decoder(layers=3)
+    torch.nn.init.zeros_(holder.decoder.mask_embed[6].bias)
+    StrictCheckpointer(holder).load(str(tmp_path / "old.pth"))
+    torch.testing.assert_close(holder.decoder.mask_embed[6].bias, trained.mask_embed[6].bias)

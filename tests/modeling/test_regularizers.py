@@ -9,7 +9,9 @@ from hiervl.modeling.regularizers import (
     build_masked_views,
     masked_consistency_loss,
     pixel_text_loss,
+    prompt_losses,
     topology_loss,
+    vision_language_losses,
 )
 
 
@@ -127,3 +129,47 @@ def test_build_masked_views():
         for s in range(20)
     }
     assert seen == {0, 2}
+
+
+def test_weighted_prompt_terms_leave_out_zero_weights():
+    t0, t_hat = _unit(4, 8), _unit(4, 8)
+    both = prompt_losses(t_hat, t0, topo_weight=2.0, anchor_weight=0.5)
+    torch.testing.assert_close(both["loss_topo"], 2.0 * topology_loss(t_hat, t0))
+    torch.testing.assert_close(both["loss_anchor"], 0.5 * anchor_loss(t_hat, t0))
+    assert set(prompt_losses(t_hat, t0, topo_weight=0.0, anchor_weight=1.0)) == {"loss_anchor"}
+
+
+class _Encoder(torch.nn.Module):
+    """Dense tokens: a 1x1 conv on 4x4 patches (trained) and its frozen copy."""
+
+    patch_size = 4
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Conv2d(3, 8, 4, stride=4)
+
+    def dense_embeddings(self, images):
+        return self.proj(images)
+
+    def frozen_dense_embeddings(self, images):
+        with torch.no_grad():
+            return self.proj(images)
+
+
+def test_weighted_vision_language_terms_and_no_class_to_blank():
+    encoder, text = _Encoder(), _unit(3, 8)
+    images = torch.randn(2, 3, 16, 16)
+    labels = torch.zeros(2, 16, 16, dtype=torch.long)
+    labels[:, :, 8:] = 1
+    kwargs = dict(masked_consistency_weight=1.0, pixel_text_weight=0.5, temperature=0.07)
+    losses = vision_language_losses(encoder, images, labels, text, **kwargs)
+    assert set(losses) == {"loss_masked_consistency", "loss_pixel_text"}
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_pixel_text"] > 0
+    ignored = torch.full_like(labels, 255)
+    empty = vision_language_losses(encoder, images, ignored, text, **kwargs)
+    assert {k: float(v) for k, v in empty.items()} == {
+        "loss_masked_consistency": 0.0,
+        "loss_pixel_text": 0.0,
+    }
+    off = dict(kwargs, masked_consistency_weight=0.0, pixel_text_weight=0.0)
+    assert vision_language_losses(encoder, images, labels, text, **off) == {}

@@ -221,8 +221,9 @@ def test_real_model_tta_through_predictor():
     demo_module = importlib.import_module("predictor")  # demo/predictor.py, put on sys.path
     torch.manual_seed(0)
     cfg = tiny_config(
-        MODEL__HIERVL__TEST__FLIP=True,
-        MODEL__HIERVL__TEST__SCALES=[0.75, 1.0],
+        TEST__AUG__ENABLED=True,
+        TEST__AUG__MIN_SIZES=[48, 64],
+        TEST__AUG__FLIP=True,
         MODEL__HIERVL__TEST__CROP_SIZE=[48, 48],
         MODEL__HIERVL__TEST__STRIDE=[32, 32],
     )
@@ -230,14 +231,15 @@ def test_real_model_tta_through_predictor():
         cfg, metadata=MetadataCatalog.get("hiervl_demo_val"), show_gt=True
     )
     model = vis.predictor.model
-    assert model.flip and model.scales == [0.75, 1.0]
+    tta = model.semseg_inference
+    assert tta.tta.flip and tta.tta.min_sizes == [48, 64]
     image, _ = _scene(70, 90, 5)
     outputs, picture = vis.run_on_image(image)
     assert outputs["sem_seg"].shape == (len(DEMO_CLASSES), 70, 90)
     assert outputs["relevance"].shape == (len(DEMO_CLASSES),)
     assert torch.isfinite(outputs["sem_seg"]).all() and (outputs["sem_seg"] >= 0).all()
     assert picture.shape[0] > 70 and picture.shape[1:] == (180, 3)  # + the caption strip
-    model.flip, model.scales = False, [1.0]
+    tta.tta = None
     plain = vis.predictor(image)["sem_seg"]
     assert plain.shape == outputs["sem_seg"].shape
     assert not torch.allclose(plain, outputs["sem_seg"])

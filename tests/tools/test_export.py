@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -25,7 +24,7 @@ from PIL import Image
 
 from hiervl import export as hx
 from hiervl.data.datasets.demo import DEMO_CLASSES, DEMO_COLORS
-from hiervl.hiervl_model import HierVL
+from hiervl.modeling.inference import window_corners
 from hiervl.utils.testing import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,8 +56,7 @@ def _val_images(n):
 @pytest.mark.parametrize("size", [(128, 128), (100, 150), (64, 200), (40, 50), (70, 64)])
 def test_window_corners_are_the_models(size):
     crop, stride = (64, 64), (48, 40)
-    model = SimpleNamespace(crop_size=crop, stride=stride)
-    assert onnx_segmenter.window_corners(*size, crop, stride) == HierVL._windows(model, *size)
+    assert onnx_segmenter.window_corners(*size, crop, stride) == window_corners(*size, crop, stride)
 
 
 def test_sliding_window_over_the_eager_window_is_the_models_inference():
@@ -78,8 +76,8 @@ def test_sliding_window_over_the_eager_window_is_the_models_inference():
         model,
         class_names=model.class_names,
         class_colors=None,
-        window=model.crop_size,
-        stride=model.stride,
+        window=model.semseg_inference.crop_size,
+        stride=model.semseg_inference.stride,
         input_format="RGB",
     )
     segmenter = onnx_segmenter.SlidingWindowSegmenter(run, info, batch_size=3)

@@ -94,7 +94,7 @@ def test_promote_moves_the_top_images_of_a_ranking(tmp_path, monkeypatch):
     cfg = tiny_config(
         DATASETS__CUSTOM__ROOT=str(root),
         DATASETS__CUSTOM__NAME=f"promote_{uuid.uuid4().hex[:6]}",
-        MODEL__HIERVL__NUM_CLASSES=3,
+        MODEL__SEM_SEG_HEAD__NUM_CLASSES=3,
     )
     config = tmp_path / "folder.yaml"
     config.write_text(cfg.dump())

@@ -110,7 +110,6 @@ def test_unlabelled_split_uses_teacher_pseudo_labels(tmp_path, monkeypatch):
 def test_relevance_probe_and_picture(tmp_path):
     name, records = _split(tmp_path, 1, (64, 64), labeled=True)
     cfg = tiny_config()
-    cfg.MODEL.HIERVL.TEST.FLIP = False
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     probe = visualize_relevance.LanguageProbe(model)

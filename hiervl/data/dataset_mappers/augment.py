@@ -11,9 +11,25 @@ from typing import Dict, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 import torch
+from detectron2.data import transforms as T
 from torchvision.transforms.v2 import functional as TF
 
-__all__ = ["crop_params", "resize_pad_crop", "random_photometric_params", "apply_photometric"]
+__all__ = [
+    "apply_photometric",
+    "crop_params",
+    "random_photometric_params",
+    "resize_pad_crop",
+    "resize_for_test",
+]
+
+
+def resize_for_test(min_size: int, max_size: int) -> Optional[T.ResizeShortestEdge]:
+    """detectron2's test-time resize (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``): the shortest
+    edge to ``min_size``, the longest at most ``max_size``; None when ``min_size`` is 0 (images
+    at their own size). The one rule of the test mapper, the predictor and the tools."""
+    if min_size <= 0:
+        return None
+    return T.ResizeShortestEdge([min_size, min_size], max_size)
 
 
 def crop_params(

@@ -10,7 +10,7 @@ from detectron2.config import configurable
 
 from ..datasets.semseg import validate_semseg_sample
 from ..image_io import read_image
-from .augment import crop_params, resize_pad_crop
+from .augment import crop_params, resize_for_test, resize_pad_crop
 from .build import DATASET_MAPPER_REGISTRY
 
 __all__ = ["SemanticLabeledMapper"]
@@ -40,8 +40,10 @@ class SemanticLabeledMapper:
            ``INPUT.CROP.SINGLE_CATEGORY_MAX_AREA`` of it;
         4. horizontal flip with probability 0.5;
         5. return ``image`` uint8 ``[3, H, W]`` and ``sem_seg`` long ``[H, W]``.
-    Test steps: read the image only; ``image`` uint8 ``[3, H, W]`` at its own size, with
-    ``height`` / ``width`` of the original.
+    Test steps: read the image only and resize it as detectron2's test mapper does
+    (``ResizeShortestEdge(INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)``; its own size when
+    ``MIN_SIZE_TEST`` is 0): ``image`` uint8 ``[3, H, W]``, with ``height`` / ``width`` of the
+    original (the model's output size).
     """
 
     @configurable
@@ -55,6 +57,8 @@ class SemanticLabeledMapper:
         single_category_max_area: float = 1.0,
         num_classes: Optional[int] = None,
         ignore_label: int = 255,
+        min_size_test: int = 0,
+        max_size_test: int = 1333,
     ):
         """
         Args:
@@ -67,6 +71,8 @@ class SemanticLabeledMapper:
                 not ``ignore_label`` is an error (the loss would crash on it or drop it
                 silently). None checks the size only.
             ignore_label: mask value of ignored and padded pixels.
+            min_size_test / max_size_test: test-time resize (:func:`~.augment.resize_for_test`);
+                ``min_size_test`` 0 keeps test images at their size.
         """
         self.is_train = is_train
         self.image_format = image_format
@@ -75,6 +81,7 @@ class SemanticLabeledMapper:
         self.single_category_max_area = single_category_max_area
         self.num_classes = num_classes
         self.ignore_label = ignore_label
+        self.resize_test = resize_for_test(min_size_test, max_size_test)
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
@@ -84,7 +91,9 @@ class SemanticLabeledMapper:
             "ratio_range": tuple(cfg.INPUT.RESIZE_RATIO_RANGE),
             "crop_size": tuple(cfg.INPUT.CROP.SIZE) if cfg.INPUT.CROP.ENABLED else None,
             "single_category_max_area": cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA,
-            "num_classes": cfg.MODEL.HIERVL.NUM_CLASSES,
+            "num_classes": cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+            "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
+            "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
         }
 
     def __call__(self, dataset_dict: dict, rng: Optional[np.random.Generator] = None) -> dict:
@@ -103,6 +112,8 @@ class SemanticLabeledMapper:
         dataset_dict.setdefault("height", height)
         dataset_dict.setdefault("width", width)
         if not self.is_train:
+            if self.resize_test is not None:
+                image = self.resize_test.get_transform(image).apply_image(image)
             dataset_dict["image"] = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
             return dataset_dict
         if rng is None:

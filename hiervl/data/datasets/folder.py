@@ -954,11 +954,11 @@ def register_folder_from_cfg(cfg, *, set_num_classes: bool = True) -> Optional[F
     """Register the folder of ``cfg.DATASETS.CUSTOM`` (ROOT, NAME, PALETTE, VAL_FRACTION).
 
     Call it before ``cfg.freeze()`` in ``train_net.py`` and the demo: the class count comes
-    from the folder's ``classes.txt``, so ``MODEL.HIERVL.NUM_CLASSES`` is set from it.
+    from the folder's ``classes.txt``, so ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` is set from it.
 
     Args:
         cfg: the config; does nothing (returns None) when ``DATASETS.CUSTOM.ROOT`` is ``""``.
-        set_num_classes: set ``MODEL.HIERVL.NUM_CLASSES`` to the folder's class count. A frozen
+        set_num_classes: set ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` to the folder's class count. A frozen
             config is left as is when the count already matches, else an error is raised.
 
     Returns:
@@ -973,17 +973,20 @@ def register_folder_from_cfg(cfg, *, set_num_classes: bool = True) -> Optional[F
         palette=custom.PALETTE,
         val_fraction=float(custom.VAL_FRACTION),
     )
-    hv = cfg.MODEL.HIERVL
-    if set_num_classes and hv.NUM_CLASSES != info.num_classes:
+    head = cfg.MODEL.SEM_SEG_HEAD
+    if set_num_classes and head.NUM_CLASSES != info.num_classes:
         if cfg.is_frozen():
             raise FolderDatasetError(
-                f"MODEL.HIERVL.NUM_CLASSES={hv.NUM_CLASSES} but {info.root}/classes.txt has "
-                f"{info.num_classes} classes; call register_folder_from_cfg before cfg.freeze()"
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES={head.NUM_CLASSES} but {info.root}/classes.txt "
+                f"has {info.num_classes} classes; call register_folder_from_cfg before "
+                "cfg.freeze()"
             )
         logger.info(
-            "MODEL.HIERVL.NUM_CLASSES set to %d (classes.txt of %s)", info.num_classes, info.root
+            "MODEL.SEM_SEG_HEAD.NUM_CLASSES set to %d (classes.txt of %s)",
+            info.num_classes,
+            info.root,
         )
-        hv.NUM_CLASSES = info.num_classes
+        head.NUM_CLASSES = info.num_classes
     return info
 
 

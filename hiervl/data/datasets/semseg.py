@@ -309,7 +309,7 @@ def validate_semseg_sample(
         raise ValueError(
             f"Mask holds label ids {bad.tolist()} outside 0..{num_classes - 1} and ignore "
             f"{ignore_label}" + (f" ({named})" if named else "") + ": every id must be a class "
-            f"of the dataset's class list ({num_classes} classes, MODEL.HIERVL.NUM_CLASSES) or "
+            f"of the dataset's class list ({num_classes} classes, MODEL.SEM_SEG_HEAD.NUM_CLASSES) or "
             f"{ignore_label} for ignored pixels; the built-in datasets' raw labels are converted "
             f"by their preparation tool"
         )

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
+from torchvision.models.convnext import LayerNorm2d
 
 from .factory import build_open_clip_from_config
 
@@ -44,13 +45,6 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(math.gcd(32, channels), channels)
 
 
-class _LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a ``[B, C, H, W]`` map (ViTDet's simple pyramid)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-
-
 def _pyramid_level(width: int, patch_size: int, stride: int, out_dim: int) -> nn.Sequential:
     """Rescale a ``[B, width, H/p, W/p]`` token map to ``stride``, then 1x1 conv + norm."""
     layers: List[nn.Module] = []
@@ -63,7 +57,8 @@ def _pyramid_level(width: int, patch_size: int, stride: int, out_dim: int) -> nn
             nxt = max(channels // 2, out_dim // 2, 1)
             layers.append(nn.ConvTranspose2d(channels, nxt, kernel_size=2, stride=2))
             if i < steps - 1:
-                layers += [_LayerNorm2d(nxt), nn.GELU()]
+                # LayerNorm over the channels of the map (ViTDet's simple pyramid).
+                layers += [LayerNorm2d(nxt), nn.GELU()]
             channels = nxt
     elif stride > patch_size:
         factor = stride // patch_size
@@ -144,9 +139,10 @@ class CLIPImageEncoder(nn.Module):
         self._pos_cache: Dict[Tuple, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, cfg, clip_model: Optional[nn.Module] = None):
+    def from_config(cls, cfg, clip_model: Optional[nn.Module] = None, *, frozen_copy: bool = False):
         """``clip_model``: an already built open_clip model to share with the text encoder;
-        None builds one from MODEL.HIERVL.CLIP."""
+        None builds one from MODEL.HIERVL.CLIP. ``frozen_copy``: see ``__init__`` (the
+        META_ARCH decides it from the loss weights)."""
         clip_cfg = cfg.MODEL.HIERVL.CLIP
         if clip_model is None:
             clip_model = build_open_clip_from_config(cfg)
@@ -154,7 +150,7 @@ class CLIPImageEncoder(nn.Module):
             "visual": clip_model.visual,
             "feature_layers": list(clip_cfg.FEATURE_LAYERS),
             "conv_dim": cfg.MODEL.HIERVL.PIXEL_DECODER.CONV_DIM,
-            "frozen_copy": cfg.MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT > 0,
+            "frozen_copy": frozen_copy,
         }
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
@@ -288,8 +284,8 @@ class CLIPImageEncoder(nn.Module):
         """
         if self.frozen_visual is None:
             raise RuntimeError(
-                "CLIPImageEncoder has no frozen copy (MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT"
-                " is 0)"
+                "CLIPImageEncoder has no frozen copy (built with frozen_copy=False: "
+                "MODEL.HIERVL.LOSS.MASKED_CONSISTENCY_WEIGHT is 0)"
             )
         with torch.no_grad():
             _, x = self._run_vit(self.frozen_visual, images, ())

@@ -1,7 +1,6 @@
 """Heads of HierVL: the hierarchical query generator (HSQG) and the dual-query decoder (DQTD)."""
 
 from .dqtd import (
-    MLP,
     TRANSFORMER_DECODER_REGISTRY,
     DualQueryTransformerDecoder,
     build_transformer_decoder,
@@ -10,7 +9,6 @@ from .hsqg import HSQG
 
 __all__ = [
     "HSQG",
-    "MLP",
     "TRANSFORMER_DECODER_REGISTRY",
     "DualQueryTransformerDecoder",
     "build_transformer_decoder",

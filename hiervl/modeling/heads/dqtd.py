@@ -9,6 +9,7 @@ After the input and after every layer, a shared head predicts for each row ``k``
 stride-4 per-pixel embedding ``P``, and a projection ``phi(z_k)`` into CLIP's text space (Eq. 2).
 """
 
+import re
 from typing import Dict, List, Optional
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.utils.registry import Registry
 from torch import nn
+from torchvision.ops import MLP
 
 from ..pixel_decoder.position_encoding import PositionEmbeddingSine
 
@@ -23,19 +25,24 @@ __all__ = [
     "TRANSFORMER_DECODER_REGISTRY",
     "build_transformer_decoder",
     "DualQueryTransformerDecoder",
-    "MLP",
 ]
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
 TRANSFORMER_DECODER_REGISTRY.__doc__ = """
 Registry for the transformer decoders of HierVL: they turn queries and pixel features into
 per-row class logits, mask logits and text-space embeddings. Called with
-``(cfg, *, num_classes, text_dim, num_class_rows, num_levels)``.
+``(cfg, *, num_classes, text_dim, num_class_rows, num_levels, predict_embeds)``.
 """
 
 
 def build_transformer_decoder(
-    cfg, *, num_classes: int, text_dim: int, num_class_rows: int, num_levels: int
+    cfg,
+    *,
+    num_classes: int,
+    text_dim: int,
+    num_class_rows: int,
+    num_levels: int,
+    predict_embeds: bool,
 ) -> nn.Module:
     """Build the decoder named by ``cfg.MODEL.HIERVL.DECODER.NAME``.
 
@@ -46,6 +53,8 @@ def build_transformer_decoder(
         num_class_rows: ``C·E``, rows coming from the HSQG / CMSAM (0 when class queries are off).
         num_levels: ``E``, hierarchy levels of the class rows (rows ordered level-major per
             class: row ``c*E + e``).
+        predict_embeds: output ``pred_embeds`` (the META_ARCH decides it: the alignment loss
+            of Eq. 2 is on).
     """
     name = cfg.MODEL.HIERVL.DECODER.NAME
     return TRANSFORMER_DECODER_REGISTRY.get(name)(
@@ -54,28 +63,13 @@ def build_transformer_decoder(
         text_dim=text_dim,
         num_class_rows=num_class_rows,
         num_levels=num_levels,
+        predict_embeds=predict_embeds,
     )
 
 
-class MLP(nn.Module):
-    """Plain multi-layer perceptron with ReLU between layers."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int):
-        """
-        Args:
-            in_dim / hidden_dim / out_dim: channel sizes.
-            num_layers: number of linear layers (>= 1).
-        """
-        super().__init__()
-        dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for i, layer in enumerate(self.layers):
-            x = layer(x)
-            if i < len(self.layers) - 1:
-                x = F.relu(x)
-        return x
+# Checkpoints written before the mask MLP was torchvision's: ``mask_embed.layers.<i>.`` holds
+# what is now ``mask_embed.<3 i>.`` (torchvision's MLP is Linear, ReLU, Dropout per layer).
+_OLD_MASK_EMBED_KEY = re.compile(r"mask_embed\.layers\.(\d+)\.")
 
 
 class _Attention(nn.Module):
@@ -245,31 +239,48 @@ class DualQueryTransformerDecoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
+        # m_k's kernel: 3 linear layers with ReLU between (the last without), no dropout.
+        self.mask_embed = MLP(hidden_dim, [hidden_dim, hidden_dim, mask_dim])
         self.text_proj = nn.Linear(hidden_dim, text_dim) if predict_embeds else None
 
     @classmethod
     def from_config(
-        cls, cfg, *, num_classes: int, text_dim: int, num_class_rows: int, num_levels: int
+        cls,
+        cfg,
+        *,
+        num_classes: int,
+        text_dim: int,
+        num_class_rows: int,
+        num_levels: int,
+        predict_embeds: bool = True,
     ) -> dict:
-        dec = cfg.MODEL.HIERVL.DECODER
-        pd = cfg.MODEL.HIERVL.PIXEL_DECODER
+        decoder_cfg = cfg.MODEL.HIERVL.DECODER
+        pixel_cfg = cfg.MODEL.HIERVL.PIXEL_DECODER
         return {
             "num_classes": num_classes,
             "text_dim": text_dim,
-            "in_channels": pd.CONV_DIM,
-            "mask_dim": pd.MASK_DIM,
+            "in_channels": pixel_cfg.CONV_DIM,
+            "mask_dim": pixel_cfg.MASK_DIM,
             "num_class_rows": num_class_rows,
             "num_levels": num_levels,
-            "num_instance_queries": dec.NUM_INSTANCE_QUERIES,
-            "hidden_dim": dec.HIDDEN_DIM,
-            "num_heads": dec.NUM_HEADS,
-            "ffn_dim": dec.FFN_DIM,
-            "num_layers": dec.NUM_LAYERS,
-            "dropout": dec.DROPOUT,
-            "pre_norm": dec.PRE_NORM,
-            "predict_embeds": cfg.MODEL.HIERVL.LOSS.ALIGN_WEIGHT > 0,
+            "num_instance_queries": decoder_cfg.NUM_INSTANCE_QUERIES,
+            "hidden_dim": decoder_cfg.HIDDEN_DIM,
+            "num_heads": decoder_cfg.NUM_HEADS,
+            "ffn_dim": decoder_cfg.FFN_DIM,
+            "num_layers": decoder_cfg.NUM_LAYERS,
+            "dropout": decoder_cfg.DROPOUT,
+            "pre_norm": decoder_cfg.PRE_NORM,
+            "predict_embeds": predict_embeds,
         }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        """Also load checkpoints written before ``mask_embed`` was torchvision's MLP: their
+        ``mask_embed.layers.<i>`` keys are renamed to ``mask_embed.<3 i>``."""
+        for key in [k for k in state_dict if k.startswith(prefix + "mask_embed.layers.")]:
+            rest = key[len(prefix) :]
+            new = _OLD_MASK_EMBED_KEY.sub(lambda m: f"mask_embed.{3 * int(m.group(1))}.", rest)
+            state_dict[prefix + new] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def num_rows(self) -> int:

@@ -71,16 +71,16 @@ class HSQG(nn.Module):
     @classmethod
     def from_config(cls, cfg, text_dim: int):
         """``text_dim``: ``Dt`` of the text encoder (``PromptTextEncoder.embed_dim``)."""
-        hs = cfg.MODEL.HIERVL.HSQG
+        hsqg_cfg = cfg.MODEL.HIERVL.HSQG
         return {
             "text_dim": text_dim,
             "hidden_dim": cfg.MODEL.HIERVL.DECODER.HIDDEN_DIM,
-            "num_levels": hs.NUM_LEVELS,
-            "hierarchical": hs.ENABLED,
-            "relevance_enabled": hs.RELEVANCE_ENABLED,
-            "relevance_threshold": hs.RELEVANCE_THRESHOLD,
-            "init_alpha": hs.RELEVANCE_INIT_ALPHA,
-            "init_beta": hs.RELEVANCE_INIT_BETA,
+            "num_levels": hsqg_cfg.NUM_LEVELS,
+            "hierarchical": hsqg_cfg.ENABLED,
+            "relevance_enabled": hsqg_cfg.RELEVANCE_ENABLED,
+            "relevance_threshold": hsqg_cfg.RELEVANCE_THRESHOLD,
+            "init_alpha": hsqg_cfg.RELEVANCE_INIT_ALPHA,
+            "init_beta": hsqg_cfg.RELEVANCE_INIT_BETA,
         }
 
     def row_class(self, num_classes: int, device=None) -> torch.Tensor:

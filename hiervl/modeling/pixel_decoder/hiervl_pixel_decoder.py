@@ -233,8 +233,8 @@ class HierVLPixelDecoder(nn.Module):
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]) -> dict:
-        pd = cfg.MODEL.HIERVL.PIXEL_DECODER
-        in_features = list(pd.IN_FEATURES)
+        pixel_cfg = cfg.MODEL.HIERVL.PIXEL_DECODER
+        in_features = list(pixel_cfg.IN_FEATURES)
         # The FPN lateral is the finest encoder feature outside the deformable encoder (res2).
         candidates = [
             k for k, s in input_shape.items() if k not in in_features and s.stride is not None
@@ -248,17 +248,17 @@ class HierVLPixelDecoder(nn.Module):
             "input_shape": dict(input_shape),
             "in_features": in_features,
             "lateral_feature": lateral_feature,
-            "conv_dim": pd.CONV_DIM,
-            "mask_dim": pd.MASK_DIM,
+            "conv_dim": pixel_cfg.CONV_DIM,
+            "mask_dim": pixel_cfg.MASK_DIM,
             "query_dim": cfg.MODEL.HIERVL.DECODER.HIDDEN_DIM,
-            "num_layers": pd.NUM_LAYERS,
-            "num_heads": pd.NUM_HEADS,
-            "num_points": pd.NUM_POINTS,
-            "ffn_dim": pd.FFN_DIM,
-            "dropout": pd.DROPOUT,
-            "msda_impl": pd.MSDA_IMPL,
-            "cmsam_enabled": pd.CMSAM_ENABLED,
-            "cmsam_num_heads": pd.CMSAM_NUM_HEADS,
+            "num_layers": pixel_cfg.NUM_LAYERS,
+            "num_heads": pixel_cfg.NUM_HEADS,
+            "num_points": pixel_cfg.NUM_POINTS,
+            "ffn_dim": pixel_cfg.FFN_DIM,
+            "dropout": pixel_cfg.DROPOUT,
+            "msda_impl": pixel_cfg.MSDA_IMPL,
+            "cmsam_enabled": pixel_cfg.CMSAM_ENABLED,
+            "cmsam_num_heads": pixel_cfg.CMSAM_NUM_HEADS,
         }
 
     @staticmethod

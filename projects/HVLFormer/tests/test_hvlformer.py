@@ -219,7 +219,7 @@ def _tiny_hvlformer(tmp_path, **semi):
     return HVLFormerTrainer(cfg)
 
 
-def test_original_and_weak_views_run_no_loss_pipeline(tmp_path):
+def test_original_and_weak_views_run_no_loss_pipeline(tmp_path, monkeypatch):
     """The original and weak views feed CMCR only: they used to run the whole loss pipeline
     (Hungarian matching on every decoder layer, the two extra ViT passes of Eq. 6/7) and drop
     it. Only the labelled and the strong batches may match rows and run Eq. 6/7."""
@@ -230,7 +230,9 @@ def test_original_and_weak_views_run_no_loss_pipeline(tmp_path):
     calls = {"matcher": [], "criterion": 0, "masked_views": 0, "objective_views": None}
     matcher, criterion = model.criterion.matcher, model.criterion
     original_matcher, original_criterion = matcher.forward, criterion.forward
-    original_vl = model._vision_language_losses
+    import hiervl.hiervl_model as meta_arch
+
+    original_vl = meta_arch.vision_language_losses
     original_objective = step.model.forward
 
     def spy_matcher(logits, *args, **kwargs):
@@ -250,7 +252,7 @@ def test_original_and_weak_views_run_no_loss_pipeline(tmp_path):
         return original_objective(labeled, unlabeled, unsup_weight, views)
 
     matcher.forward, criterion.forward = spy_matcher, spy_criterion
-    model._vision_language_losses = spy_vl
+    monkeypatch.setattr(meta_arch, "vision_language_losses", spy_vl)
     step.model.forward = spy_objective
     batches = [step.labeled_loader.next(), step.unlabeled_loader.next()]
     if getattr(step, "mix_loader", None) is not None:

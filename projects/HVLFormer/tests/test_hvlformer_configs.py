@@ -94,7 +94,7 @@ def test_config_is_its_hiervl_setting_plus_hvlformer(key, n):
     for name in names:
         assert name in DatasetCatalog.list()
         meta = MetadataCatalog.get(name)
-        assert len(meta.stuff_classes) == cfg.MODEL.HIERVL.NUM_CLASSES
+        assert len(meta.stuff_classes) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
         assert meta.class_descriptions_file == str(DESCRIPTIONS_DIR / f"{key}.txt")
 
 
@@ -106,7 +106,7 @@ def test_config_builds_with_tiny_clip_and_its_descriptions(key, n):
     expected = read_class_descriptions(DESCRIPTIONS_DIR / f"{key}.txt", meta.stuff_classes)
     assert model.class_names == list(meta.stuff_classes)
     assert model.class_descriptions == expected
-    assert len(expected) == cfg.MODEL.HIERVL.NUM_CLASSES and all(expected)
+    assert len(expected) == cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES and all(expected)
 
 
 @pytest.mark.parametrize("on", [True, False])
