@@ -1,6 +1,7 @@
 """Every key that add_hiervl_config adds is read by some code of the project."""
 
 import ast
+import logging
 import re
 from pathlib import Path
 
@@ -175,3 +176,51 @@ def test_mask2former_keys_and_the_renamed_ones(tmp_path):
         load_config(opts=["MODEL.HIERVL.TEST.FLIP", True])
     with pytest.raises(KeyError, match="TEST.AUG.MIN_SIZES.*shortest-edge"):
         load_config(opts=["MODEL.HIERVL.TEST.SCALES", [0.75, 1.0]])
+
+
+def test_unread_detectron2_keys_warn_with_the_replacement(caplog):
+    """detectron2 keys HierVL never reads (multi-scale training sizes, the train sampler, the
+    backbone name) used to be dropped in silence; moved off detectron2's default they warn and
+    name what does their job here. Defaults, and Mask2Former's INPUT.CROP.TYPE "absolute" (what
+    our crop is), stay quiet."""
+    from hiervl import load_config
+    from hiervl.config import _UNREAD_DETECTRON2_KEYS
+
+    logger = "hiervl.config"
+    with caplog.at_level(logging.WARNING, logger=logger):
+        load_config(opts=["INPUT.CROP.TYPE", "absolute"])
+    assert not [r for r in caplog.records if "does not read" in r.getMessage()]
+    caplog.clear()
+    opts = [
+        "INPUT.MIN_SIZE_TRAIN",
+        (640, 800),
+        "DATALOADER.SAMPLER_TRAIN",
+        "RepeatFactorTrainingSampler",
+        "MODEL.BACKBONE.NAME",
+        "D2SwinTransformer",
+        "INPUT.CROP.TYPE",
+        "relative",
+    ]
+    with caplog.at_level(logging.WARNING, logger=logger):
+        load_config(opts=opts)
+    messages = [r.getMessage() for r in caplog.records if "does not read" in r.getMessage()]
+    assert len(messages) == 4
+    for key in opts[::2]:
+        (message,) = [m for m in messages if m.startswith(key)]
+        assert _UNREAD_DETECTRON2_KEYS[key] in message
+
+
+@pytest.mark.parametrize(
+    "config_file",
+    sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").rglob("*.yaml")),
+)
+def test_shipped_configs_set_no_unread_detectron2_key(config_file):
+    from detectron2.config import CfgNode as CN
+
+    from hiervl.config import warn_unread_detectron2_keys
+
+    cfg = get_cfg()
+    add_hiervl_config(cfg)
+    cfg.set_new_allowed(True)  # project keys (HVLFORMER) are not what this test is about
+    cfg.merge_from_file(str(REPO / config_file))
+    assert isinstance(cfg, CN) and warn_unread_detectron2_keys(cfg) == []
