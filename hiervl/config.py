@@ -273,12 +273,10 @@ def add_hiervl_config(cfg: CN) -> None:
     # counters the drift of pseudo-labels toward the large classes.
     semi.DISTRIBUTION_ALIGNMENT = False
     # Teacher's pseudo-labels from the mean of its predictions on the weak view and on its
-    # horizontal mirror (flipped back): steadier labels and confidences, one more no-grad pass
-    # (no measurable gain on the demo data, README).
+    # horizontal mirror (flipped back): steadier labels and confidences, one more no-grad pass.
     semi.TEACHER_FLIP = False
     # UniMatch-style feature perturbation: channel dropout with this probability on the
-    # student's image-encoder feature maps (not the global embedding) of the strong views
-    # (no measurable gain on the demo data together with TEACHER_FLIP, README).
+    # student's image-encoder feature maps (not the global embedding) of the strong views.
     semi.FEATURE_DROPOUT = 0.0
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
