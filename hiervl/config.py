@@ -29,6 +29,54 @@ _RENAMED_KEYS = {
     ),
 }
 
+# detectron2 keys that HierVL's loaders, mappers and model never read, with what does the job
+# here. A config or command line that moves one off detectron2's default gets a warning naming the
+# replacement (load_config): a Mask2Former user's setting must not vanish in silence.
+_UNREAD_DETECTRON2_KEYS = {
+    "INPUT.MIN_SIZE_TRAIN": "INPUT.RESIZE_RATIO_RANGE (random resize) and INPUT.CROP.SIZE",
+    "INPUT.MAX_SIZE_TRAIN": "INPUT.RESIZE_RATIO_RANGE (random resize) and INPUT.CROP.SIZE",
+    "INPUT.MIN_SIZE_TRAIN_SAMPLING": "INPUT.RESIZE_RATIO_RANGE (a uniform resize factor)",
+    "INPUT.CROP.TYPE": "INPUT.CROP.SIZE (an absolute square crop in pixels)",
+    "DATALOADER.SAMPLER_TRAIN": "the training loaders' own infinite shuffled streams (a fixed "
+    "order per SEED and position, resumable); there is no repeat-factor sampler",
+    "DATALOADER.REPEAT_THRESHOLD": "nothing: there is no repeat-factor sampler",
+    "DATALOADER.FILTER_EMPTY_ANNOTATIONS": "nothing: every image is kept (a mask of only "
+    "ignore pixels still trains the unlabelled-style losses)",
+    "MODEL.BACKBONE.NAME": "MODEL.HIERVL.CLIP.MODEL_NAME (the CLIP image encoder is the backbone)",
+}
+# Values of those keys that describe what HierVL does anyway (Mask2Former's configs set them).
+_MATCHING_VALUES = {"INPUT.CROP.TYPE": ("absolute",)}
+
+
+def warn_unread_detectron2_keys(cfg: CN) -> list:
+    """Warn about each key of ``_UNREAD_DETECTRON2_KEYS`` that ``cfg`` sets to something other than
+    detectron2's default; returns those keys."""
+    default = get_cfg()
+    changed = []
+    for key, instead in _UNREAD_DETECTRON2_KEYS.items():
+        value, default_value = cfg, default
+        for part in key.split("."):
+            value, default_value = value[part], default_value[part]
+        if _as_list(value) != _as_list(default_value) and value not in _MATCHING_VALUES.get(
+            key, ()
+        ):
+            changed.append(key)
+            logger.warning(
+                "%s is set to %r but HierVL does not read it (it stays detectron2's key); what "
+                "does this here: %s",
+                key,
+                value,
+                instead,
+            )
+    return changed
+
+
+def _as_list(value):
+    """YAML and the command line turn tuples into lists: compare both as lists."""
+    if isinstance(value, (list, tuple)):
+        return [_as_list(v) for v in value]
+    return value
+
 
 def add_hiervl_config(cfg: CN) -> None:
     """Add HierVL's keys (model, semi-supervised training, data, test) to ``cfg`` in place."""
@@ -225,12 +273,10 @@ def add_hiervl_config(cfg: CN) -> None:
     # counters the drift of pseudo-labels toward the large classes.
     semi.DISTRIBUTION_ALIGNMENT = False
     # Teacher's pseudo-labels from the mean of its predictions on the weak view and on its
-    # horizontal mirror (flipped back): steadier labels and confidences, one more no-grad pass
-    # (no measurable gain on the demo data, README).
+    # horizontal mirror (flipped back): steadier labels and confidences, one more no-grad pass.
     semi.TEACHER_FLIP = False
     # UniMatch-style feature perturbation: channel dropout with this probability on the
-    # student's image-encoder feature maps (not the global embedding) of the strong views
-    # (no measurable gain on the demo data together with TEACHER_FLIP, README).
+    # student's image-encoder feature maps (not the global embedding) of the strong views.
     semi.FEATURE_DROPOUT = 0.0
     # Weight of the unlabelled (strong view) loss.
     semi.UNSUP_WEIGHT = 1.0
@@ -257,7 +303,6 @@ def add_hiervl_config(cfg: CN) -> None:
     cfg.INPUT.DATASET_MAPPER_NAME = "semantic_labeled"
     # Square training crop (VOC/COCO/ADE 512, Cityscapes 801) and the random resize range.
     cfg.INPUT.CROP.ENABLED = True
-    cfg.INPUT.CROP.TYPE = "absolute"
     cfg.INPUT.CROP.SIZE = (512, 512)
     cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
     cfg.INPUT.RESIZE_RATIO_RANGE = [0.5, 2.0]
@@ -310,7 +355,9 @@ def load_config(
     A folder dataset named by ``DATASETS.CUSTOM.ROOT`` is registered here (it also sets
     ``MODEL.SEM_SEG_HEAD.NUM_CLASSES`` from its ``classes.txt``), so train_net.py, demo/demo.py and the
     tools see the same datasets. ``MODEL.DEVICE`` "cuda" on a machine without a usable CUDA GPU
-    becomes "cpu", with a warning.
+    becomes "cpu", with a warning. A detectron2 key that HierVL does not read
+    (``INPUT.MIN_SIZE_TRAIN``, ``DATALOADER.SAMPLER_TRAIN``, ...) set off its default gets a
+    warning naming what does its job here.
     """
     from hiervl.data.datasets.folder import register_folder_from_cfg
 
@@ -320,6 +367,7 @@ def load_config(
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    warn_unread_detectron2_keys(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning(
             "MODEL.DEVICE is %r but no CUDA GPU is available: running on the CPU",

@@ -50,13 +50,14 @@ class SplitFileError(ValueError):
 def datasets_root() -> Path:
     """The directory holding the real datasets.
 
-    ``$DETECTRON2_DATASETS`` when set, otherwise the repository's ``datasets/`` folder, found
-    from this package's own location (never from the working directory).
+    ``$DETECTRON2_DATASETS`` when set, otherwise ``./datasets`` in the working directory, as
+    detectron2's own builtin datasets do (run from the repository's root, that is its
+    ``datasets/`` folder with the preparation scripts).
     """
     env = os.environ.get("DETECTRON2_DATASETS", "")
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3] / "datasets"
+    return Path.cwd() / "datasets"
 
 
 def read_split_file(

@@ -179,7 +179,6 @@ def test_three_view_mapper(tmp_path):
 
 
 def test_one_hvlformer_step_finite_losses(tmp_path):
-    pytest.importorskip("hiervl.hiervl_model")
     from hiervl.utils.testing import tiny_config
 
     cfg = tiny_config()
@@ -223,7 +222,6 @@ def test_original_and_weak_views_run_no_loss_pipeline(tmp_path, monkeypatch):
     """The original and weak views feed CMCR only: they used to run the whole loss pipeline
     (Hungarian matching on every decoder layer, the two extra ViT passes of Eq. 6/7) and drop
     it. Only the labelled and the strong batches may match rows and run Eq. 6/7."""
-    pytest.importorskip("hiervl.hiervl_model")
     trainer = _tiny_hvlformer(tmp_path)
     step, model = trainer._trainer, trainer.student
     model.train()
