@@ -52,6 +52,95 @@ def _corner(
 
 
 @triton.jit
+def _program_tile(
+    num_queries,
+    num_values,
+    HEADS: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """This program's tile: the rows of its (batch, query, head) triples in the flattened
+    ``[B * Lq * H]`` query-head index, the offset of its (batch, head) in ``value``, the head-dim
+    offsets, and the query / head-dim masks."""
+    pid_q = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // HEADS).to(tl.int64)
+    h = pid_bh % HEADS
+    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, BLOCK_D)
+    row = (b * num_queries + offs_q) * HEADS + h
+    value_offset = b * num_values * HEADS * HEAD_DIM + h * HEAD_DIM
+    return row, value_offset, offs_d, offs_q < num_queries, offs_d < HEAD_DIM
+
+
+@triton.jit
+def _level(shapes_ptr, starts_ptr, lvl):
+    """Height, width and first value row of level ``lvl``."""
+    return (
+        tl.load(shapes_ptr + 2 * lvl),
+        tl.load(shapes_ptr + 2 * lvl + 1),
+        tl.load(starts_ptr + lvl),
+    )
+
+
+@triton.jit
+def _point_corner(loc_ptr, lp, mask_q, hf, wf):
+    """Sampling points ``lp`` of one level (``hf`` x ``wf`` pixels): their top-left integer
+    corner ``(x0, y0)`` and bilinear fractions ``(lx, ly)``; pixel coordinate = location * size -
+    0.5."""
+    x = tl.load(loc_ptr + 2 * lp, mask=mask_q, other=0.0).to(tl.float32)
+    y = tl.load(loc_ptr + 2 * lp + 1, mask=mask_q, other=0.0).to(tl.float32)
+    # Clamp far-away points (all corners outside either way) before the int cast.
+    xi = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
+    yi = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
+    x0f = tl.floor(xi)
+    y0f = tl.floor(yi)
+    return x0f.to(tl.int32), y0f.to(tl.int32), xi - x0f, yi - y0f
+
+
+@triton.jit
+def _four_corners(
+    value_base,
+    start,
+    y0,
+    x0,
+    hgt,
+    wid,
+    mask_q,
+    offs_d,
+    mask_d,
+    ROW_STRIDE: tl.constexpr,
+):
+    """``_corner`` at ``(y0, x0)``, ``(y0, x0 + 1)``, ``(y0 + 1, x0)``, ``(y0 + 1, x0 + 1)``:
+    the four values, then their four row offsets, then their four masks."""
+    v00, r00, m00 = _corner(value_base, start, y0, x0, hgt, wid, mask_q, offs_d, mask_d, ROW_STRIDE)
+    v01, r01, m01 = _corner(
+        value_base, start, y0, x0 + 1, hgt, wid, mask_q, offs_d, mask_d, ROW_STRIDE
+    )
+    v10, r10, m10 = _corner(
+        value_base, start, y0 + 1, x0, hgt, wid, mask_q, offs_d, mask_d, ROW_STRIDE
+    )
+    v11, r11, m11 = _corner(
+        value_base, start, y0 + 1, x0 + 1, hgt, wid, mask_q, offs_d, mask_d, ROW_STRIDE
+    )
+    return v00, v01, v10, v11, r00, r01, r10, r11, m00, m01, m10, m11
+
+
+@triton.jit
+def _bilinear(v00, v01, v10, v11, lx, ly):
+    """The bilinear blend of the four corner values at fractions ``(lx, ly)``."""
+    hx = 1.0 - lx
+    hy = 1.0 - ly
+    return (
+        (hy * hx)[:, None] * v00
+        + (hy * lx)[:, None] * v01
+        + (ly * hx)[:, None] * v10
+        + (ly * lx)[:, None] * v11
+    )
+
+
+@triton.jit
 def _msda_fwd_kernel(
     value_ptr,
     shapes_ptr,
@@ -68,68 +157,24 @@ def _msda_fwd_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // HEADS).to(tl.int64)
-    h = pid_bh % HEADS
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_q = offs_q < num_queries
-    mask_d = offs_d < HEAD_DIM
-    # Row of (b, q, h) in the flattened [B * Lq * H] query-head index.
-    row = (b * num_queries + offs_q) * HEADS + h
-    value_base = value_ptr + b * num_values * HEADS * HEAD_DIM + h * HEAD_DIM
+    row, value_offset, offs_d, mask_q, mask_d = _program_tile(
+        num_queries, num_values, HEADS, HEAD_DIM, BLOCK_Q, BLOCK_D
+    )
+    value_base = value_ptr + value_offset
 
     acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=tl.float32)
     for lvl in tl.static_range(LEVELS):
-        hgt = tl.load(shapes_ptr + 2 * lvl)
-        wid = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(starts_ptr + lvl)
+        hgt, wid, start = _level(shapes_ptr, starts_ptr, lvl)
         hf = hgt.to(tl.float32)
         wf = wid.to(tl.float32)
         for p in tl.static_range(POINTS):
             lp = row * (LEVELS * POINTS) + (lvl * POINTS + p)
-            x = tl.load(loc_ptr + 2 * lp, mask=mask_q, other=0.0).to(tl.float32)
-            y = tl.load(loc_ptr + 2 * lp + 1, mask=mask_q, other=0.0).to(tl.float32)
             a = tl.load(attn_ptr + lp, mask=mask_q, other=0.0).to(tl.float32)
-            # Clamp far-away points (all corners outside either way) before the int cast.
-            xi = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
-            yi = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
-            x0f = tl.floor(xi)
-            y0f = tl.floor(yi)
-            lx = xi - x0f
-            ly = yi - y0f
-            hx = 1.0 - lx
-            hy = 1.0 - ly
-            x0 = x0f.to(tl.int32)
-            y0 = y0f.to(tl.int32)
-            v00, _r00, _m00 = _corner(
+            x0, y0, lx, ly = _point_corner(loc_ptr, lp, mask_q, hf, wf)
+            v00, v01, v10, v11, _r00, _r01, _r10, _r11, _m00, _m01, _m10, _m11 = _four_corners(
                 value_base, start, y0, x0, hgt, wid, mask_q, offs_d, mask_d, HEADS * HEAD_DIM
             )
-            v01, _r01, _m01 = _corner(
-                value_base, start, y0, x0 + 1, hgt, wid, mask_q, offs_d, mask_d, HEADS * HEAD_DIM
-            )
-            v10, _r10, _m10 = _corner(
-                value_base, start, y0 + 1, x0, hgt, wid, mask_q, offs_d, mask_d, HEADS * HEAD_DIM
-            )
-            v11, _r11, _m11 = _corner(
-                value_base,
-                start,
-                y0 + 1,
-                x0 + 1,
-                hgt,
-                wid,
-                mask_q,
-                offs_d,
-                mask_d,
-                HEADS * HEAD_DIM,
-            )
-            sampled = (
-                (hy * hx)[:, None] * v00
-                + (hy * lx)[:, None] * v01
-                + (ly * hx)[:, None] * v10
-                + (ly * lx)[:, None] * v11
-            )
+            sampled = _bilinear(v00, v01, v10, v11, lx, ly)
             acc += a[:, None] * sampled
 
     out_ptrs = out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :]
@@ -156,18 +201,11 @@ def _msda_bwd_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    pid_q = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // HEADS).to(tl.int64)
-    h = pid_bh % HEADS
-    offs_q = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_q = offs_q < num_queries
-    mask_d = offs_d < HEAD_DIM
-    row = (b * num_queries + offs_q) * HEADS + h
-    base = b * num_values * HEADS * HEAD_DIM + h * HEAD_DIM
-    value_base = value_ptr + base
-    grad_value_base = grad_value_ptr + base
+    row, value_offset, offs_d, mask_q, mask_d = _program_tile(
+        num_queries, num_values, HEADS, HEAD_DIM, BLOCK_Q, BLOCK_D
+    )
+    value_base = value_ptr + value_offset
+    grad_value_base = grad_value_ptr + value_offset
 
     go = tl.load(
         grad_out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :],
@@ -175,53 +213,19 @@ def _msda_bwd_kernel(
         other=0.0,
     ).to(tl.float32)
     for lvl in tl.static_range(LEVELS):
-        hgt = tl.load(shapes_ptr + 2 * lvl)
-        wid = tl.load(shapes_ptr + 2 * lvl + 1)
-        start = tl.load(starts_ptr + lvl)
+        hgt, wid, start = _level(shapes_ptr, starts_ptr, lvl)
         hf = hgt.to(tl.float32)
         wf = wid.to(tl.float32)
         for p in tl.static_range(POINTS):
             lp = row * (LEVELS * POINTS) + (lvl * POINTS + p)
-            x = tl.load(loc_ptr + 2 * lp, mask=mask_q, other=0.0).to(tl.float32)
-            y = tl.load(loc_ptr + 2 * lp + 1, mask=mask_q, other=0.0).to(tl.float32)
             a = tl.load(attn_ptr + lp, mask=mask_q, other=0.0).to(tl.float32)
-            xi = tl.minimum(tl.maximum(x * wf - 0.5, -2.0), wf + 1.0)
-            yi = tl.minimum(tl.maximum(y * hf - 0.5, -2.0), hf + 1.0)
-            x0f = tl.floor(xi)
-            y0f = tl.floor(yi)
-            lx = xi - x0f
-            ly = yi - y0f
+            x0, y0, lx, ly = _point_corner(loc_ptr, lp, mask_q, hf, wf)
             hx = 1.0 - lx
             hy = 1.0 - ly
-            x0 = x0f.to(tl.int32)
-            y0 = y0f.to(tl.int32)
-            v00, r00, m00 = _corner(
+            v00, v01, v10, v11, r00, r01, r10, r11, m00, m01, m10, m11 = _four_corners(
                 value_base, start, y0, x0, hgt, wid, mask_q, offs_d, mask_d, HEADS * HEAD_DIM
             )
-            v01, r01, m01 = _corner(
-                value_base, start, y0, x0 + 1, hgt, wid, mask_q, offs_d, mask_d, HEADS * HEAD_DIM
-            )
-            v10, r10, m10 = _corner(
-                value_base, start, y0 + 1, x0, hgt, wid, mask_q, offs_d, mask_d, HEADS * HEAD_DIM
-            )
-            v11, r11, m11 = _corner(
-                value_base,
-                start,
-                y0 + 1,
-                x0 + 1,
-                hgt,
-                wid,
-                mask_q,
-                offs_d,
-                mask_d,
-                HEADS * HEAD_DIM,
-            )
-            sampled = (
-                (hy * hx)[:, None] * v00
-                + (hy * lx)[:, None] * v01
-                + (ly * hx)[:, None] * v10
-                + (ly * lx)[:, None] * v11
-            )
+            sampled = _bilinear(v00, v01, v10, v11, lx, ly)
             grad_a = tl.sum(go * sampled, axis=1)
             gs = go * a[:, None]  # d loss / d sampled
             # d sampled / d lx and d ly; pixel coordinate = location * size - 0.5.
