@@ -1,4 +1,12 @@
-"""Exponential moving average (mean teacher) of a student model."""
+"""Exponential moving average (mean teacher) of a student model.
+
+Ours rather than ``torch.optim.swa_utils.AveragedModel``: that wraps the model (the teacher's
+checkpoint keys gain ``module.``, and its ``inference`` / ``semantic_probs`` sit one attribute
+down), our per-step momentum (``ema_momentum``) would need a custom ``avg_fn`` anyway, and a
+plain average of constant ``-inf`` buffers (attention masks) gives NaN at momentum 0 or 1
+(``0 * inf``), which ``ema_update`` avoids by keeping entries equal in both models. The whole
+module is three functions.
+"""
 
 import copy
 
