@@ -340,11 +340,11 @@ class HierVLTrainer(DefaultTrainer):
     def evaluate(self) -> OrderedDict:
         """Evaluate the teacher (or the student when there is none); with
         ``MODEL.HIERVL.TEST.EVAL_STUDENT`` also the student, its metrics under ``student/``."""
-        hv_test = self.cfg.MODEL.HIERVL.TEST
-        if self.teacher is None or not hv_test.USE_TEACHER:
+        test_cfg = self.cfg.MODEL.HIERVL.TEST
+        if self.teacher is None or not test_cfg.USE_TEACHER:
             return self.test_model(self.cfg, self.student, "student")
         results = self.test_model(self.cfg, self.teacher, "teacher")
-        if hv_test.EVAL_STUDENT:
+        if test_cfg.EVAL_STUDENT:
             student = self.test_model(self.cfg, self.student, "student")
             results = OrderedDict(results)
             results.update({f"student/{k}": v for k, v in student.items()})

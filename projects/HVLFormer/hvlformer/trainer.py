@@ -116,12 +116,12 @@ class HVLFormerTrainer(HierVLTrainer):
 
     @classmethod
     def objective_kwargs(cls, cfg: CfgNode) -> Dict:
-        hv = cfg.HVLFORMER
+        hvlformer_cfg = cfg.HVLFORMER
         return {
             **super().objective_kwargs(cfg),
-            "mask_weight": hv.CMCR_MASK_WEIGHT,
-            "class_weight": hv.CMCR_CLASS_WEIGHT,
-            "attn_weight": hv.CMCR_ATTN_WEIGHT,
+            "mask_weight": hvlformer_cfg.CMCR_MASK_WEIGHT,
+            "class_weight": hvlformer_cfg.CMCR_CLASS_WEIGHT,
+            "attn_weight": hvlformer_cfg.CMCR_ATTN_WEIGHT,
         }
 
     @classmethod
