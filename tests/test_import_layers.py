@@ -133,3 +133,16 @@ def test_the_model_imports_neither_engine_nor_evaluation():
         if target.startswith(("hiervl.engine", "hiervl.evaluation"))
     ]
     assert not wrong, wrong
+
+
+def test_the_data_imports_neither_model_engine_nor_evaluation():
+    # docs/DEVELOPING.md's map: hiervl.data sits above hiervl.utils only (the engine reads masks
+    # through it, so an import back would be a circle waiting to happen).
+    wrong = [
+        f"{name} -> {target}"
+        for name, targets in sorted(_module_graph().items())
+        if name.startswith("hiervl.data")
+        for target in sorted(targets)
+        if target.startswith(MODEL_LAYER + ("hiervl.engine", "hiervl.evaluation", "hiervl.config"))
+    ]
+    assert not wrong, wrong

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 from hiervl.data.datasets import folder
 from hiervl.data.datasets.builtin import BUILTIN_DATASETS
 from hiervl.data.datasets.preparation import add_splits_argument, select_splits
-from hiervl.data.datasets.semi_splits import SemiDatasetSpec, write_split_files
+from hiervl.data.datasets.semi_splits import SemiDatasetSpec, write_nested_splits
 from hiervl.data.datasets.semseg import datasets_root
 
 logger = logging.getLogger("make_splits")
@@ -81,7 +81,7 @@ def make_dataset_splits(args: argparse.Namespace) -> int:
             f"{split_dir} already holds split files ({', '.join(str(p) for p in clash[:3])}); "
             f"pass --force to overwrite"
         )
-    written = write_split_files(
+    written = write_nested_splits(
         split_dir,
         train_lines=lines["train"] if "train" in splits else None,
         val_lines=lines["val"] if "val" in splits else None,
@@ -113,7 +113,7 @@ def refresh_folder_splits(args: argparse.Namespace) -> int:
         refreshed.unlabeled = []
     elif not refreshed.unlabeled:
         unlabeled_file.unlink()  # every listed image has a mask now: an empty file is an error
-    folder.write_split_files(refreshed, split_dir)
+    folder.write_folder_splits(refreshed, split_dir)
     counts: Dict[str, int] = {
         "labeled.txt": len(stale.new_labeled) + len(stale.now_labeled),
         "unlabeled.txt": len(stale.new_unlabeled),

@@ -11,7 +11,8 @@ Evaluation (``train_net.py --eval-only``), the demo and the tools all load throu
 Saving. The semi-supervised trainer saves the teacher's ``state_dict`` under
 ``TEACHER_CHECKPOINT_KEY`` next to detectron2's ``"model"`` (the student), with
 :class:`AtomicCheckpointer`: the checkpoint and the ``last_checkpoint`` tag are written to a
-temporary file (``TEMPORARY_NAME``) and renamed over the target (a save killed half-way never
+temporary file (``TEMPORARY_NAME``) and renamed over the target
+(:func:`hiervl.utils.atomic.atomic_write`: a save killed half-way never
 leaves a truncated checkpoint; a failed save removes its temporary file), and only from finite
 weights.
 """
@@ -19,14 +20,15 @@ weights.
 import logging
 import os
 import pickle
-import re
 from collections.abc import Mapping
-from typing import IO, Any, Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _filter_reused_missing_keys
+
+from .atomic import TEMPORARY_NAME, atomic_write
 
 __all__ = [
     "ACCEPTED_CHECKPOINTS",
@@ -55,9 +57,6 @@ ACCEPTED_CHECKPOINTS = (
 
 # How many offending keys an error message lists.
 _LISTED_KEYS = 5
-
-# Temporary files of an atomic save: "<target>.tmp.<pid>" (the pid of the writing process).
-TEMPORARY_NAME = re.compile(r"^.+\.tmp\.(\d+)$")
 
 # First bytes of the files torch.save writes: a zip archive (torch >= 1.6) or a pickle of
 # protocol 2+ (legacy format).
@@ -283,23 +282,6 @@ def load_inference_weights(
 # ---- saving -----------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str, write: Callable[[IO], None]) -> None:
-    """``write(f)`` into ``<path>.tmp.<pid>``, then rename it over ``path``; the temporary
-    file is removed when writing fails (full disk, file-size limit, an exception)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        # any failure, KeyboardInterrupt included: no partial file stays behind
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def all_finite(tensors: List[torch.Tensor]) -> torch.Tensor:
     """0-dim bool tensor: the total L2 norm of ``tensors`` is finite, i.e. no element is NaN or
     inf (and the norm does not overflow float32: weights of ~1e19 count as broken too). One
@@ -348,12 +330,12 @@ class AtomicCheckpointer(StrictCheckpointer):
                     f"checkpoint ({last})."
                 )
         self.logger.info("Saving checkpoint to %s", save_file)
-        _atomic_write(save_file, lambda f: torch.save(data, f))
+        atomic_write(save_file, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
+        atomic_write(path, lambda f: f.write(last_filename_basename.encode()))
 
 
 class ModuleState:

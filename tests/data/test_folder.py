@@ -202,14 +202,14 @@ def test_colour_masks_without_palette_fail_on_load(tmp_path):
 
 def test_read_only_folder_writes_splits_to_cache(tmp_path, monkeypatch):
     root = make_folder(tmp_path / "ds").resolve()
-    original = folder.write_split_files
+    original = folder.write_folder_splits
 
     def refuse_in_folder(splits, directory):
         if Path(directory) == root / "splits":
             raise PermissionError(13, "Read-only", str(directory))
         return original(splits, directory)
 
-    monkeypatch.setattr(folder, "write_split_files", refuse_in_folder)
+    monkeypatch.setattr(folder.splits, "write_folder_splits", refuse_in_folder)
     info = folder.register_folder(root, name="t_ro")
     try:
         assert not (root / "splits").exists()

@@ -29,7 +29,7 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
-from .semseg import register_semseg_split
+from .semseg import register_semseg_split, write_split_files
 
 logger = logging.getLogger(__name__)
 
@@ -264,18 +264,16 @@ def generate_demo_dataset(
             image_rel, mask_rel = f"images/{split}/{i:05d}.png", f"masks/{split}/{i:05d}.png"
             _write_png(out_dir / image_rel, image)
             _write_png(out_dir / mask_rel, mask)
-            lines[split].append(f"{image_rel} {mask_rel}\n")
-    split_dir = out_dir / "splits" / "hiervl_demo"
-    split_dir.mkdir(parents=True, exist_ok=True)
-    (split_dir / "val.txt").write_text("".join(lines["val"]))
+            lines[split].append(f"{image_rel} {mask_rel}")
+    files = {"val.txt": lines["val"]}
     order = np.random.default_rng([seed, 2]).permutation(num_train)
     for n in budgets:
-        (split_dir / str(n)).mkdir(exist_ok=True)
         chosen = set(order[:n].tolist())
-        labeled = [lines["train"][i] for i in sorted(chosen)]
-        unlabeled = [lines["train"][i] for i in range(num_train) if i not in chosen]
-        (split_dir / str(n) / "labeled.txt").write_text("".join(labeled))
-        (split_dir / str(n) / "unlabeled.txt").write_text("".join(unlabeled))
+        files[f"{n}/labeled.txt"] = [lines["train"][i] for i in sorted(chosen)]
+        files[f"{n}/unlabeled.txt"] = [
+            lines["train"][i] for i in range(num_train) if i not in chosen
+        ]
+    write_split_files(out_dir / "splits" / "hiervl_demo", files)
     return out_dir
 
 
@@ -341,7 +339,6 @@ def register_demo(root: Optional[os.PathLike] = None) -> None:
         root: dataset root; None = :func:`demo_root` at registration time.
     """
     root = Path(root) if root is not None else demo_root()
-    split_dir = root / "splits" / "hiervl_demo"
     for name, rel, labeled in demo_dataset_names():
         register_semseg_split(
             name,

@@ -11,7 +11,6 @@ history). A missing mask refuses the whole move, naming the images.
 import logging
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,8 @@ from .folder import (
     find_split_dir,
     read_folder_splits,
     scan_folder,
-    write_split_files,
 )
+from .semseg import write_split_files
 
 __all__ = ["PromoteResult", "promote_to_labeled"]
 
@@ -123,17 +122,17 @@ def promote_to_labeled(root: os.PathLike, images: Sequence[str]) -> PromoteResul
             unlabeled=[i for i in splits.unlabeled if i not in moved],
             val=splits.val,
         )
-        # Written next to the old files, then moved over them: labeled.txt always, and
-        # unlabeled.txt when the folder has one (without it the pool is every image without a
-        # mask, which the promoted images now leave by themselves). A split file may not be
-        # empty: an emptied pool's file goes (it is in the history copy).
-        with tempfile.TemporaryDirectory(prefix=".promote-", dir=split_dir) as tmp:
-            write_split_files(updated, tmp)
-            os.replace(Path(tmp) / "labeled.txt", split_dir / "labeled.txt")
-            if has_pool_file and updated.unlabeled:
-                os.replace(Path(tmp) / "unlabeled.txt", split_dir / "unlabeled.txt")
-            elif has_pool_file:
-                os.remove(split_dir / "unlabeled.txt")
+        # Each replaced atomically: labeled.txt always, and unlabeled.txt when the folder has
+        # one (without it the pool is every image without a mask, which the promoted images
+        # now leave by themselves). A split file may not be empty: an emptied pool's file goes
+        # (it is in the history copy).
+        lines = updated.split_lines()
+        files = {"labeled.txt": lines["labeled.txt"]}
+        if has_pool_file and updated.unlabeled:
+            files["unlabeled.txt"] = lines["unlabeled.txt"]
+        write_split_files(split_dir, files)
+        if has_pool_file and not updated.unlabeled:
+            os.remove(split_dir / "unlabeled.txt")
         logger.info(
             "Moved %d image(s) into %s (previous split files in %s)",
             len(pairs),

@@ -18,11 +18,17 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .class_descriptions import builtin_descriptions_file
-from .semseg import MaskResolver, datasets_root, read_split_file, register_semseg_split
+from .semseg import (
+    MaskResolver,
+    datasets_root,
+    read_split_file,
+    register_semseg_split,
+    write_split_files,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SemiDatasetSpec", "register_semi_dataset", "split_file_path", "write_split_files"]
+__all__ = ["SemiDatasetSpec", "register_semi_dataset", "split_file_path", "write_nested_splits"]
 
 
 @dataclass(frozen=True)
@@ -188,7 +194,7 @@ class _LazyResolver:
         return self._fn(mask_rel) if self._fn is not None else mask_rel
 
 
-def write_split_files(
+def write_nested_splits(
     split_dir: os.PathLike,
     *,
     train_lines: Optional[Sequence[str]],
@@ -197,7 +203,8 @@ def write_split_files(
     seed: int,
     labeled_pool: Optional[Sequence[str]] = None,
 ) -> Dict[str, int]:
-    """Write seeded, nested splits in the field's format.
+    """Draw seeded, nested splits and write them in the field's format
+    (:func:`~hiervl.data.datasets.semseg.write_split_files`).
 
     One seeded permutation of the labelled pool gives every budget its first ``n`` lines, so
     smaller labelled sets are subsets of larger ones; ``unlabeled.txt`` holds the rest of
@@ -216,8 +223,9 @@ def write_split_files(
     Returns:
         ``{"<n>/labeled.txt": count, ...}`` of what was written.
     """
-    split_dir = Path(split_dir)
-    written = {}
+    files: Dict[str, List[str]] = {}
+    if val_lines is not None:
+        files["val.txt"] = list(val_lines)
     if train_lines is not None:
         pool = list(labeled_pool if labeled_pool is not None else train_lines)
         train_set = set(train_lines)
@@ -227,19 +235,10 @@ def write_split_files(
         too_big = [n for n in budgets if n > len(pool)]
         if too_big:
             raise ValueError(f"Budgets {too_big} exceed the {len(pool)} candidate labelled images")
-    split_dir.mkdir(parents=True, exist_ok=True)
-    if val_lines is not None:
-        (split_dir / "val.txt").write_text("".join(f"{line}\n" for line in val_lines))
-        written["val.txt"] = len(val_lines)
-    if train_lines is None:
-        return written
-    order = np.random.default_rng(seed).permutation(len(pool))
-    for n in budgets:
-        chosen = {pool[i] for i in order[:n]}
-        labeled = [line for line in pool if line in chosen]
-        unlabeled = [line for line in train_lines if line not in chosen]
-        (split_dir / str(n)).mkdir(exist_ok=True)
-        (split_dir / str(n) / "labeled.txt").write_text("".join(f"{x}\n" for x in labeled))
-        (split_dir / str(n) / "unlabeled.txt").write_text("".join(f"{x}\n" for x in unlabeled))
-        written[f"{n}/labeled.txt"], written[f"{n}/unlabeled.txt"] = len(labeled), len(unlabeled)
-    return written
+        order = np.random.default_rng(seed).permutation(len(pool))
+        for n in budgets:
+            chosen = {pool[i] for i in order[:n]}
+            files[f"{n}/labeled.txt"] = [line for line in pool if line in chosen]
+            files[f"{n}/unlabeled.txt"] = [line for line in train_lines if line not in chosen]
+    write_split_files(split_dir, files)
+    return {name: len(lines) for name, lines in files.items()}

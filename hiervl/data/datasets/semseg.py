@@ -4,7 +4,9 @@ Every dataset (the embedded demo, VOC, COCO, ADE20K, Cityscapes, your own folder
 split files in the field's format (UniMatch, SemiVL): one line per image,
 ``relative/image/path relative/mask/path``, relative to the dataset's root directory.
 Unlabelled lines may hold the image only. :func:`register_semseg_split` turns one split file
-into a lazy ``DatasetCatalog`` entry plus the standard ``MetadataCatalog`` fields.
+into a lazy ``DatasetCatalog`` entry plus the standard ``MetadataCatalog`` fields;
+:func:`read_split_file` and :func:`write_split_files` read and write the format (every split
+file of the package, the demo's, the real datasets' and the folders', is written by the latter).
 
 Masks read at load time hold train ids ``0..C-1`` and ``ignore_label`` (255): detectron2's
 ``SemSegEvaluator`` reads ``sem_seg_file_name`` directly, so preparation tools convert raw
@@ -17,10 +19,12 @@ the wrong size stops a run before training or evaluation starts.
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from hiervl.utils.atomic import atomic_write_text
 
 from ..image_io import ImageHeader, ImageReadError, read_image, read_image_header
 
@@ -29,6 +33,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "datasets_root",
     "read_split_file",
+    "write_split_files",
     "load_semseg_split",
     "register_semseg_split",
     "validate_semseg_sample",
@@ -95,6 +100,28 @@ def read_split_file(
     if not entries:
         raise SplitFileError(f"Split file is empty: {split_file}")
     return entries
+
+
+def write_split_files(directory: os.PathLike, files: Mapping[str, Sequence[str]]) -> Path:
+    """Write split files of the field's format: the one writer of every split file.
+
+    Every file is replaced atomically (:func:`~hiervl.utils.atomic.atomic_write`): a reader
+    sees the old list or the new one, never half of one.
+
+    Args:
+        directory: the folder the names of ``files`` are relative to (created when missing).
+        files: ``{relative file name: lines}``, e.g. ``{"val.txt": [...], "8/labeled.txt":
+            [...]}`` (sub-folders are created); a line is ``image [mask]`` without its newline,
+            paths relative to the dataset's root.
+
+    Returns:
+        ``directory``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, lines in files.items():
+        atomic_write_text(directory / name, "".join(f"{line}\n" for line in lines))
+    return directory
 
 
 def load_semseg_split(
