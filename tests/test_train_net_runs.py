@@ -6,7 +6,6 @@ Each test runs train_net.py in a subprocess on the demo config (tiny CLIP, a few
 10 s per run on an idle 2-core machine.
 """
 
-import importlib.util
 import logging
 import os
 import re
@@ -18,6 +17,7 @@ import pytest
 import torch
 
 from hiervl.config import load_config
+from hiervl.utils.testing import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = "configs/demo/hiervl_demo.yaml"
@@ -35,13 +35,6 @@ def _train_net(*args: str, env=None) -> subprocess.CompletedProcess:
         text=True,
         timeout=600,
     )
-
-
-def _load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_learning_rate_that_breaks_the_weights_writes_no_checkpoint(tmp_path):
@@ -119,7 +112,7 @@ def test_eval_only_with_a_checkpoint_of_another_size_fails(finished_run):
 
 
 def test_folder_registration_messages_reach_the_log_and_no_gpu_means_cpu(tmp_path):
-    folder_tests = _load_module("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
+    folder_tests = load_script("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
     root = folder_tests.make_folder(tmp_path / "my_data", n_labeled=5, n_unlabeled=3, hw=(64, 80))
     out = tmp_path / "out"
     run = _train_net(
@@ -158,7 +151,7 @@ def test_folder_registration_messages_reach_the_log_and_no_gpu_means_cpu(tmp_pat
 
 
 def test_readme_folder_config_picks_the_cpu_without_a_gpu(tmp_path, monkeypatch):
-    folder_tests = _load_module("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
+    folder_tests = load_script("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
     root = folder_tests.make_folder(tmp_path / "my_data")
     monkeypatch.setenv("HIERVL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

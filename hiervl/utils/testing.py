@@ -5,6 +5,9 @@ evaluation tests, so that every test builds the same small HierVL (random init, 
 """
 
 import contextlib
+import importlib.util
+import os
+from types import ModuleType
 from typing import Any, Dict, Iterator, List, Sequence, Tuple
 
 import numpy as np
@@ -14,7 +17,7 @@ from detectron2.modeling import build_model
 
 from hiervl.config import add_hiervl_config
 
-__all__ = ["TINY_CLIP_NAME", "recorded_texts", "tiny_config", "train_tiny_model"]
+__all__ = ["TINY_CLIP_NAME", "load_script", "recorded_texts", "tiny_config", "train_tiny_model"]
 
 TINY_CLIP_NAME = "HierVL-Tiny-ViT"
 
@@ -161,3 +164,15 @@ def recorded_texts() -> Iterator[List]:
         yield texts
     finally:
         Axes.text = original
+
+
+def load_script(name: str, path: os.PathLike) -> ModuleType:
+    """Import a script that is not in a package (``tools/*.py``, ``datasets/prepare_*.py``, a
+    test file's helpers) as a fresh module called ``name``; its ``__main__`` block does not run.
+    """
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path}: not a Python file that can be imported")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

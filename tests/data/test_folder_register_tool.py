@@ -1,23 +1,18 @@
 """tools/register_folder.py: prints the registered names and counts, writes the split files."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
+from hiervl.utils.testing import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-register_tool = _load("register_folder_tool", REPO / "tools" / "register_folder.py")
-make_folder = _load("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py").make_folder
+register_tool = load_script("register_folder_tool", REPO / "tools" / "register_folder.py")
+make_folder = load_script(
+    "folder_test_helpers", REPO / "tests" / "data" / "test_folder.py"
+).make_folder
 
 
 @pytest.fixture(autouse=True)

@@ -1,6 +1,5 @@
 """hiervl/data/datasets/promote.py: moving chosen images into a folder's labelled split."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,16 +9,12 @@ from PIL import Image
 
 from hiervl.data.datasets.folder import FolderDatasetError, register_folder
 from hiervl.data.datasets.promote import promote_to_labeled
+from hiervl.utils.testing import load_script
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_folder = _load("folder_test_helpers", Path(__file__).with_name("test_folder.py")).make_folder
+make_folder = load_script(
+    "folder_test_helpers", Path(__file__).with_name("test_folder.py")
+).make_folder
 
 
 @pytest.fixture(autouse=True)

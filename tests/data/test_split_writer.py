@@ -6,7 +6,6 @@ every split file the demo generator, the nested-split writer, a folder registrat
 promotion leave on disk was written through it.
 """
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -19,16 +18,10 @@ from hiervl.data.datasets.demo import generate_demo_dataset
 from hiervl.data.datasets.folder import FolderSplits, register_folder, write_folder_splits
 from hiervl.data.datasets.promote import promote_to_labeled
 from hiervl.data.datasets.semi_splits import write_nested_splits
+from hiervl.utils.testing import load_script
 
 
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_folder = _load(
+make_folder = load_script(
     "folder_test_helpers_sw", Path(__file__).with_name("test_folder.py")
 ).make_folder
 

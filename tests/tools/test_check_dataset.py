@@ -1,6 +1,5 @@
 """tools/check_dataset.py: every problem reported with its file, and the exit status."""
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -8,18 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from hiervl.utils.testing import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-check_dataset = _load("check_dataset_tool", REPO / "tools" / "check_dataset.py")
-folder_tests = _load("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
+check_dataset = load_script("check_dataset_tool", REPO / "tools" / "check_dataset.py")
+folder_tests = load_script("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py")
 make_folder = folder_tests.make_folder
 
 

@@ -1,24 +1,17 @@
 """tools/make_splits.py --folder: images added after a folder's split files join them."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from hiervl.utils.testing import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_splits = _load("make_splits_tool", REPO / "tools" / "make_splits.py")
-folder_tests = _load("folder_test_helpers_ms", REPO / "tests" / "data" / "test_folder.py")
+make_splits = load_script("make_splits_tool", REPO / "tools" / "make_splits.py")
+folder_tests = load_script("folder_test_helpers_ms", REPO / "tests" / "data" / "test_folder.py")
 
 
 @pytest.fixture(autouse=True)

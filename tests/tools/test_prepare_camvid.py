@@ -1,7 +1,6 @@
 """datasets/prepare_camvid.py on a tiny fake of the SegNet tutorial's CamVid/ layout: train and
 val only (test held out), official split lists, void 11 declared as ignore and read as 255."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,19 +9,12 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 
 from hiervl.data.datasets.folder import register_folder
+from hiervl.utils.testing import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare_camvid = _load("prepare_camvid", REPO / "datasets" / "prepare_camvid.py")
-check_dataset = _load("check_dataset_tool_camvid", REPO / "tools" / "check_dataset.py")
+prepare_camvid = load_script("prepare_camvid", REPO / "datasets" / "prepare_camvid.py")
+check_dataset = load_script("check_dataset_tool_camvid", REPO / "tools" / "check_dataset.py")
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,6 @@
 """tools/rank_unlabeled.py: the ranked CSV, the contact sheet, --input, and --promote."""
 
 import csv
-import importlib.util
 import uuid
 from pathlib import Path
 
@@ -13,19 +12,14 @@ from PIL import Image
 
 from hiervl.data.datasets.demo import DEMO_CLASSES
 from hiervl.utils.testing import tiny_config, train_tiny_model
+from hiervl.utils.testing import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-rank_tool = _load("rank_unlabeled_tool", REPO / "tools" / "rank_unlabeled.py")
-make_folder = _load("folder_test_helpers", REPO / "tests" / "data" / "test_folder.py").make_folder
+rank_tool = load_script("rank_unlabeled_tool", REPO / "tools" / "rank_unlabeled.py")
+make_folder = load_script(
+    "folder_test_helpers", REPO / "tests" / "data" / "test_folder.py"
+).make_folder
 
 
 @pytest.fixture(scope="module")
