@@ -283,6 +283,14 @@ def add_hiervl_config(cfg: CN) -> None:
     # Entropy minimisation on the student's predictions of the strong views: weight of the mean
     # per-pixel entropy of their class distribution (an unlabelled loss term, times UNSUP_WEIGHT).
     semi.ENTROPY_WEIGHT = 0.01
+    # Diagnosis of the unlabelled signal on data whose unlabelled images have masks (e.g.
+    # tools/benchmark_semi.py, where they are the rest of a labelled pool): "none"; "measure":
+    # the masks travel with the unlabelled crops and each step logs how many kept pseudo-label
+    # pixels are right (semi/pseudo_precision, per class semi/pseudo_precision/<id>) and how much
+    # of the crop they cover (semi/pseudo_coverage); "oracle": the masks replace the teacher's
+    # pseudo-labels (everything else as it is), which tells the unlabelled pipeline apart from
+    # the pseudo-labels' quality. Either stops at an unlabelled image without a mask.
+    semi.UNLABELED_GROUND_TRUTH = "none"
     # CutMix between unlabelled images.
     semi.CUTMIX_PROB = 0.5
     # Strong view: colour jitter (probability and strength), grayscale, Gaussian blur.

@@ -33,6 +33,14 @@ report, ``results.json`` (every run's metrics, per-class IoU included) and the p
 rewritten after every finished run, so a long benchmark that is stopped still leaves them. The
 runs train into ``<output>/labeled_<budget>/seed<N>/{supervised,semi}``; a re-run with the same
 ``--output`` trains over them (``SOLVER.OVERWRITE_OUTPUT_DIR``).
+
+Diagnosis (``--folder`` or ``--pool``: the unlabelled set's first images are the rest of the
+labelled pool, masks known; a folder's own unlabelled images have none, so diagnose on a folder
+without them): ``--only semi ... SEMI.UNLABELED_GROUND_TRUTH measure`` logs the kept
+pseudo-labels' precision per class (``semi/pseudo_precision*`` in each run's metrics.json), and
+``SEMI.UNLABELED_GROUND_TRUTH oracle`` trains on the ground truth in their place — the gap
+between the oracle and the real run is what better pseudo-labels could bring; an oracle no
+better than supervised-only points at the unlabelled pipeline itself.
 """
 import argparse
 import json

@@ -43,6 +43,8 @@ class UnlabeledBatch:
             ``1 - conf_threshold`` on every pixel is absent.
         class_thresholds: ``[C]`` class-balanced thresholds used in place of
             ``conf_threshold`` for the targets, or None.
+        ground_truth: ``[B, H, W]`` long mixed ground truth of the crops (255 = ignore) with
+            ``SEMI.UNLABELED_GROUND_TRUTH`` (a diagnosis), else None.
     """
 
     weak: torch.Tensor
@@ -57,6 +59,7 @@ class UnlabeledBatch:
     absent: torch.Tensor
     conf_threshold: float
     class_thresholds: Optional[torch.Tensor] = None
+    ground_truth: Optional[torch.Tensor] = None
 
 
 def prediction_entropy(outputs: Dict) -> torch.Tensor:

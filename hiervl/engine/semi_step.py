@@ -60,7 +60,9 @@ from .semi import (
     unsup_rampup,
 )
 
-__all__ = ["SemiSupervisedStep", "stack_views"]
+__all__ = ["GROUND_TRUTH_MODES", "SemiSupervisedStep", "pseudo_label_accuracy", "stack_views"]
+
+GROUND_TRUTH_MODES = ("none", "measure", "oracle")
 
 
 def stack_views(
@@ -86,6 +88,47 @@ def stack_views(
         out[i, ..., : t.shape[-2], : t.shape[-1]] = t
         padded[i, : t.shape[-2], : t.shape[-1]] = False
     return out, padded
+
+
+def ground_truth_probs(ground_truth: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The oracle's "teacher": one-hot ``[B, C, H, W]`` float of ``ground_truth [B, H, W]``
+    (zero at ignored pixels, 255)."""
+    valid = ground_truth != 255
+    one_hot = torch.nn.functional.one_hot(ground_truth.where(valid, 0), num_classes)
+    return (one_hot * valid[..., None]).permute(0, 3, 1, 2).float()
+
+
+def pseudo_label_accuracy(
+    targets: torch.Tensor, weights: Optional[torch.Tensor], ground_truth: torch.Tensor
+) -> Dict[str, float]:
+    """How right the kept pseudo-label pixels are, against the ground truth of the same crops.
+
+    Args:
+        targets: ``[B, H, W]`` long pseudo-labels, 255 = not kept.
+        weights: ``[B, H, W]`` confidence weights ("weight" mode; a pixel of weight 0 is not
+            kept), or None.
+        ground_truth: ``[B, H, W]`` long, 255 = ignore.
+
+    Returns:
+        ``semi/pseudo_precision`` (right / kept, over kept pixels with a ground truth),
+        ``semi/pseudo_precision/<c>`` for each class ``c`` with kept pixels, and
+        ``semi/pseudo_coverage`` (kept / pixels with a ground truth); empty when no pixel has
+        a ground truth.
+    """
+    labelled = ground_truth != 255
+    if not bool(labelled.any()):
+        return {}
+    kept = (targets != 255) & labelled
+    if weights is not None:
+        kept &= weights > 0
+    stats = {"semi/pseudo_coverage": float(kept.sum()) / float(labelled.sum())}
+    if bool(kept.any()):
+        right = targets[kept] == ground_truth[kept]
+        stats["semi/pseudo_precision"] = float(right.float().mean())
+        kept_labels = targets[kept]
+        for c in torch.unique(kept_labels).tolist():
+            stats[f"semi/pseudo_precision/{c}"] = float(right[kept_labels == c].float().mean())
+    return stats
 
 
 class SemiSupervisedStep(AMPTrainer):
@@ -119,6 +162,7 @@ class SemiSupervisedStep(AMPTrainer):
         cutmix_prob: float,
         precision: Optional[torch.dtype],
         mix_loader: Optional[ResumableLoader] = None,
+        unlabeled_ground_truth: str = "none",
     ):
         """
         Args:
@@ -145,7 +189,17 @@ class SemiSupervisedStep(AMPTrainer):
                 with loss scaling), or None for full precision.
             mix_loader: the second unlabelled stream whose batches give the CutMix boxes
                 (None: no CutMix).
+            unlabeled_ground_truth: ``SEMI.UNLABELED_GROUND_TRUTH``, a diagnosis on data whose
+                unlabelled crops carry ``sem_seg_gt``: "none"; "measure" (log the kept
+                pseudo-labels' precision per class and their coverage); "oracle" (the ground
+                truth replaces the teacher's predictions; thresholds, CutMix, absent classes
+                and losses unchanged).
         """
+        if unlabeled_ground_truth not in GROUND_TRUTH_MODES:
+            raise ValueError(
+                f"SEMI.UNLABELED_GROUND_TRUTH must be one of {GROUND_TRUTH_MODES}, got "
+                f"{unlabeled_ground_truth!r}"
+            )
         device = next(student.parameters()).device
         super().__init__(
             objective,
@@ -172,6 +226,7 @@ class SemiSupervisedStep(AMPTrainer):
         self.unsup_rampup_iters = unsup_rampup_iters
         self.teacher_flip = teacher_flip
         self.cutmix_prob = cutmix_prob
+        self.unlabeled_ground_truth = unlabeled_ground_truth
 
     # ---- pieces of the step, overridable by projects -----------------------------------
     def autocast(self):
@@ -247,13 +302,21 @@ class SemiSupervisedStep(AMPTrainer):
         strong, _ = stack_views([d["image_strong"] for d in views])
         ignore, _ = stack_views([d["ignore_mask"] for d in views], pad_value=True)
         ignore = ignore | pad
+        gt = None
+        if self.unlabeled_ground_truth != "none":
+            gt, _ = stack_views([d["sem_seg_gt"] for d in views], pad_value=255)
+            if self.unlabeled_ground_truth == "oracle":
+                ignore = ignore | (gt == 255)
         _, _, h, w = weak.shape
         prob = self.cutmix_prob if mix_batch is not None else 0.0
         masks = sample_cutmix_masks(n, h, w, prob=prob)
         boxed = masks.flatten(1).any(1)
         # The teacher sees the batch and the mix partners whose box is used.
         taught = torch.cat([torch.arange(n), n + torch.nonzero(boxed).flatten()])
-        probs = self.teacher_probs(weak[taught], ~ignore[taught])
+        if self.unlabeled_ground_truth == "oracle":
+            probs = ground_truth_probs(gt[taught], self.student.num_classes)
+        else:
+            probs = self.teacher_probs(weak[taught], ~ignore[taught])
         labels, conf = pseudo_labels_from_probs(probs)
         labels, conf = labels.cpu(), conf.cpu()
         threshold = self.conf_threshold
@@ -299,6 +362,9 @@ class SemiSupervisedStep(AMPTrainer):
             absent=absent,
             conf_threshold=self.conf_threshold,
             class_thresholds=threshold if torch.is_tensor(threshold) else None,
+            ground_truth=(
+                cutmix(gt[taught][:n], gt[taught][partner], masks) if gt is not None else None
+            ),
         )
 
     def pseudo_label_stats(self, batch: UnlabeledBatch) -> Dict[str, float]:
@@ -310,6 +376,11 @@ class SemiSupervisedStep(AMPTrainer):
             "semi/cutmix_ratio": float(batch.cutmix.float().mean()),
             "semi/absent_class_ratio": float(batch.absent.float().mean()),
             "semi/unsup_weight": self.current_unsup_weight(),
+            **(
+                pseudo_label_accuracy(batch.targets, batch.weights, batch.ground_truth)
+                if batch.ground_truth is not None
+                else {}
+            ),
         }
 
     def compute_losses(

@@ -242,6 +242,7 @@ class HierVLTrainer(DefaultTrainer):
             "teacher_flip": cfg.SEMI.TEACHER_FLIP,
             "cutmix_prob": cfg.SEMI.CUTMIX_PROB,
             "precision": amp_dtype,
+            "unlabeled_ground_truth": cfg.SEMI.UNLABELED_GROUND_TRUTH,
         }
 
     @classmethod

@@ -28,6 +28,7 @@ class EngineToySegModel(nn.Module):
     @configurable
     def __init__(self, *, num_classes: int, pixel_mean, pixel_std):
         super().__init__()
+        self.num_classes = num_classes  # as HierVL's (the oracle diagnosis reads it)
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.norm = nn.GroupNorm(2, 8)
         self.head = nn.Conv2d(8, num_classes, 1)
