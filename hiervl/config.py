@@ -286,8 +286,9 @@ def add_hiervl_config(cfg: CN) -> None:
     # Diagnosis of the unlabelled signal on data whose unlabelled images have masks (e.g.
     # tools/benchmark_semi.py, where they are the rest of a labelled pool): "none"; "measure":
     # the masks travel with the unlabelled crops and each step logs how many kept pseudo-label
-    # pixels are right (semi/pseudo_precision, per class semi/pseudo_precision/<id>) and how much
-    # of the crop they cover (semi/pseudo_coverage); "oracle": the masks replace the teacher's
+    # pixels are right (semi/pseudo_precision, per class semi/pseudo_precision/<id>), how much
+    # of the crop they cover (semi/pseudo_coverage) and how many absent-class rulings are wrong
+    # (semi/absent_wrong); "oracle": the masks replace the teacher's
     # pseudo-labels (everything else as it is), which tells the unlabelled pipeline apart from
     # the pseudo-labels' quality. Either stops at an unlabelled image without a mask.
     semi.UNLABELED_GROUND_TRUTH = "none"

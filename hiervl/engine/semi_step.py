@@ -99,7 +99,10 @@ def ground_truth_probs(ground_truth: torch.Tensor, num_classes: int) -> torch.Te
 
 
 def pseudo_label_accuracy(
-    targets: torch.Tensor, weights: Optional[torch.Tensor], ground_truth: torch.Tensor
+    targets: torch.Tensor,
+    weights: Optional[torch.Tensor],
+    ground_truth: torch.Tensor,
+    absent: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
     """How right the kept pseudo-label pixels are, against the ground truth of the same crops.
 
@@ -108,12 +111,14 @@ def pseudo_label_accuracy(
         weights: ``[B, H, W]`` confidence weights ("weight" mode; a pixel of weight 0 is not
             kept), or None.
         ground_truth: ``[B, H, W]`` long, 255 = ignore.
+        absent: ``[B, C]`` bool classes ruled absent from each crop, or None.
 
     Returns:
         ``semi/pseudo_precision`` (right / kept, over kept pixels with a ground truth),
         ``semi/pseudo_precision/<c>`` for each class ``c`` with kept pixels, and
-        ``semi/pseudo_coverage`` (kept / pixels with a ground truth); empty when no pixel has
-        a ground truth.
+        ``semi/pseudo_coverage`` (kept / pixels with a ground truth), and with ``absent``
+        ``semi/absent_wrong`` (the share of ruled-absent (image, class) pairs whose class has
+        ground-truth pixels in the crop); empty when no pixel has a ground truth.
     """
     labelled = ground_truth != 255
     if not bool(labelled.any()):
@@ -128,6 +133,12 @@ def pseudo_label_accuracy(
         kept_labels = targets[kept]
         for c in torch.unique(kept_labels).tolist():
             stats[f"semi/pseudo_precision/{c}"] = float(right[kept_labels == c].float().mean())
+    if absent is not None and bool(absent.any()):
+        present = torch.zeros_like(absent)
+        for i, truth in enumerate(ground_truth):
+            ids = truth[(truth != 255) & (truth < absent.shape[1])]
+            present[i, ids] = True
+        stats["semi/absent_wrong"] = float((present & absent).sum()) / float(absent.sum())
     return stats
 
 
@@ -377,7 +388,9 @@ class SemiSupervisedStep(AMPTrainer):
             "semi/absent_class_ratio": float(batch.absent.float().mean()),
             "semi/unsup_weight": self.current_unsup_weight(),
             **(
-                pseudo_label_accuracy(batch.targets, batch.weights, batch.ground_truth)
+                pseudo_label_accuracy(
+                    batch.targets, batch.weights, batch.ground_truth, batch.absent
+                )
                 if batch.ground_truth is not None
                 else {}
             ),

@@ -36,6 +36,11 @@ def test_pseudo_label_accuracy_counts_kept_pixels_with_a_ground_truth():
         4 / 5
     )
     assert pseudo_label_accuracy(targets, None, torch.full_like(truth, 255)) == {}
+    # absent rulings (4 classes): 0 and 3 ruled out, class 0 has pixels -> half of them wrong
+    absent = torch.tensor([[True, False, False, True]])
+    stats = pseudo_label_accuracy(targets, None, truth, absent)
+    assert stats["semi/absent_wrong"] == pytest.approx(1 / 2)
+    assert "semi/absent_wrong" not in pseudo_label_accuracy(targets, None, truth, absent & False)
 
 
 def _image_and_mask(tmp_path, with_mask=True):
