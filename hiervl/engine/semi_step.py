@@ -373,9 +373,8 @@ class SemiSupervisedStep(AMPTrainer):
             absent=absent,
             conf_threshold=self.conf_threshold,
             class_thresholds=threshold if torch.is_tensor(threshold) else None,
-            ground_truth=(
-                cutmix(gt[taught][:n], gt[taught][partner], masks) if gt is not None else None
-            ),
+            # ``partner`` indexes the taught views, whose first n are the batch's own
+            ground_truth=cutmix(gt[:n], gt[taught][partner], masks) if gt is not None else None,
         )
 
     def pseudo_label_stats(self, batch: UnlabeledBatch) -> Dict[str, float]:
