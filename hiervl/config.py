@@ -267,6 +267,11 @@ def add_hiervl_config(cfg: CN) -> None:
     # Class-balanced thresholds (CBST): each class predicted in the batch keeps at least this
     # fraction of its most confident pixels (0 = the global threshold only).
     semi.CLASS_BALANCED_RATIO = 0.0
+    # Rule classes out of an unlabelled crop: a class the teacher gives less than
+    # 1 - CONF_THRESHOLD at every pixel is known absent and its rows learn "no object" there
+    # (METHOD §8). False: no class is ruled out; rows without a pseudo-labelled segment take no
+    # part in the class loss (a weak teacher's rulings are often wrong, docs/PERFORMANCE.md).
+    semi.RULE_OUT_ABSENT_CLASSES = True
     # Distribution alignment (ours; ReMixMatch / DARS style): before thresholding, the
     # teacher's class probabilities are multiplied by (class pixel frequency of the labelled
     # split) / (mean predicted probability over the unlabelled batch) and renormalised, which

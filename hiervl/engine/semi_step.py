@@ -165,6 +165,7 @@ class SemiSupervisedStep(AMPTrainer):
         pseudo_label_mode: str,
         conf_threshold: float,
         class_balanced_ratio: float = 0.0,
+        rule_out_absent: bool = True,
         class_prior: Optional[torch.Tensor] = None,
         unsup_weight: float,
         unsup_start_iter: int,
@@ -188,6 +189,8 @@ class SemiSupervisedStep(AMPTrainer):
             conf_threshold: confidence threshold of the "threshold" mode.
             class_balanced_ratio: "threshold" mode: each class predicted in the batch keeps at
                 least this fraction of its most confident pixels (0 = global threshold only).
+            rule_out_absent: rule classes out of an unlabelled crop where the teacher gives
+                them less than ``1 - conf_threshold`` at every pixel (False: none is).
             class_prior: ``[C]`` class frequencies of the labelled pixels: the teacher's
                 probabilities are aligned to it before pseudo-labelling (None = no alignment).
             unsup_weight: weight of the unlabelled loss.
@@ -231,6 +234,7 @@ class SemiSupervisedStep(AMPTrainer):
         self.pseudo_label_mode = pseudo_label_mode
         self.conf_threshold = conf_threshold
         self.class_balanced_ratio = class_balanced_ratio
+        self.rule_out_absent = rule_out_absent
         self.class_prior = class_prior
         self.unsup_weight = unsup_weight
         self.unsup_start_iter = unsup_start_iter
@@ -358,6 +362,8 @@ class SemiSupervisedStep(AMPTrainer):
         # A class is ruled out where the teacher is as sure of its absence at every pixel as a
         # kept pixel is of its label (METHOD §8); a class with target pixels is never absent.
         absent = peak < 1.0 - self.conf_threshold
+        if not self.rule_out_absent:
+            absent = torch.zeros_like(absent)
         for i in range(n):
             absent[i, targets[i][(targets[i] >= 0) & (targets[i] < absent.shape[1])]] = False
         return UnlabeledBatch(

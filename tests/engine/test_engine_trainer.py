@@ -206,6 +206,21 @@ def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
     assert batch.absent.tolist() == [[False, False, False]] * 2
 
 
+def test_no_class_is_ruled_out_when_the_rule_is_off(tmp_path):
+    """SEMI.RULE_OUT_ABSENT_CLASSES False: where the rule would rule classes 1 and 2 out, no
+    class is known absent (their rows take no part in the class loss)."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.CONF_THRESHOLD = 0.9
+    cfg.SEMI.RULE_OUT_ABSENT_CLASSES = False
+    step = _train(cfg)._trainer
+    step.teacher_probs = _ContentTeacher()
+    step.cutmix_prob = 0.0
+    batch = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
+    assert batch.absent.tolist() == [[False, False, False]] * 2
+    # the confident pixels are kept as they are with the rule on
+    assert (batch.targets == 0).all()
+
+
 def test_unlabeled_batch_carries_the_class_balanced_thresholds(tmp_path):
     """The thresholds that made the targets travel with them (HVLFormer's step reads the
     record whole instead of rebuilding it field by field)."""
