@@ -50,7 +50,7 @@ from hiervl.evaluation.label_next import labelled_class_frequency, rank_records
 from hiervl.evaluation.predictor import HierVLPredictor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_semi import _mean_std, train_and_eval  # noqa: E402
+from benchmark_semi import _ahead, _mean_std, train_and_eval  # noqa: E402
 
 logger = logging.getLogger("hiervl.benchmark_label_next")
 
@@ -200,7 +200,7 @@ def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
     )
     paired = [r for r in results.values() if "ranked" in r and "random" in r]
     if paired:
-        ahead = sum(r["ranked"] > r["random"] for r in paired)
+        ahead = sum(_ahead(r["ranked"], r["random"]) for r in paired)
         gain = [r["ranked"] - r["random"] for r in paired]
         lines.append(
             f"ranked - random: {_mean_std(gain)} mIoU; ahead in {ahead} of {len(paired)} seeds"

@@ -280,6 +280,11 @@ def _mean_std(values: List[float]) -> str:
     return f"{mean:.2f} ± {statistics.stdev(values):.2f}"
 
 
+def _ahead(a: float, b: float) -> bool:
+    """``a`` ahead of ``b`` at the report's precision (0.01 mIoU): printed ties are not a win."""
+    return round(a, 2) > round(b, 2)
+
+
 def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
     """Lines of one budget's report: one per seed (val mIoU), then the mean ± sample std over
     seeds and how many seeds put the semi-supervised teacher ahead of supervised-only."""
@@ -296,7 +301,7 @@ def summary(results: Dict[int, Dict[str, float]]) -> List[str]:
     )
     paired = [r for r in results.values() if _paired(r)]
     if paired:
-        ahead = sum(r["teacher"] > r["supervised"] for r in paired)
+        ahead = sum(_ahead(r["teacher"], r["supervised"]) for r in paired)
         gain = [r["teacher"] - r["supervised"] for r in paired]
         lines.append(
             f"semi teacher - supervised: {_mean_std(gain)} mIoU; ahead in {ahead} of "

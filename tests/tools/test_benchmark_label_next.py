@@ -58,6 +58,12 @@ def test_summary_lists_seeds_and_counts_gains():
     assert lines[4] == "ranked - random: 0.50 ± 2.12 mIoU; ahead in 1 of 2 seeds"
 
 
+def test_summary_counts_a_printed_tie_as_not_ahead():
+    """0.0729117 vs 0.0729116 prints as 0.07 vs 0.07: not a seed where the ranking is ahead."""
+    lines = tool.summary({0: {"initial": 0.0729116, "ranked": 0.0729117, "random": 0.0729116}})
+    assert lines[-1] == "ranked - random: 0.00 mIoU; ahead in 0 of 1 seeds"
+
+
 def _register(folder, name, records):
     split = folder / f"{name}.txt"
     split.write_text("".join(f"{r['file_name']} {r['sem_seg_file_name']}\n" for r in records))

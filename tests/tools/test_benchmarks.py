@@ -140,6 +140,9 @@ def test_benchmark_semi_summary_lists_seeds_and_counts_gains():
     assert lines[1].split() == ["0", "50.00", "53.00", "52.00"]
     assert lines[3].split()[:4] == ["mean", "55.00", "±", "7.07"]
     assert lines[4] == "semi teacher - supervised: 1.00 ± 2.83 mIoU; ahead in 1 of 2 seeds"
+    # a tie at the printed precision is not a seed ahead
+    tie = tool.summary({0: {"supervised": 30.001, "teacher": 30.004}})
+    assert tie[-1] == "semi teacher - supervised: 0.00 mIoU; ahead in 0 of 1 seeds"
 
 
 def test_benchmark_semi_budget_table_headroom_and_share_recovered():
