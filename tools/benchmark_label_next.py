@@ -24,12 +24,17 @@ pick's gain over the random pick, with how many seeds it is ahead on.
         --labeled 20 --add 20 --iters 2000 --seeds 0 1 2 3 --jobs 2 \\
         DATASETS.CUSTOM.ROOT datasets/camvid
 
+A seed's three results are kept in ``<output>/seed<s>/result.json``; a later invocation with the
+same settings and ``--output`` reads them back instead of training again (a stopped benchmark
+resumes; seeds run by separate invocations are reported together).
+
 ``--universe`` names registered splits (default: the config's DATASETS.TRAIN and
 SEMI.UNLABELED_DATASETS); images without a mask are left out. ``--jobs N`` runs N seeds at once,
 one process each (give each one thread, as above). Trailing ``KEY VALUE`` pairs are config opts
 for every run.
 """
 import argparse
+import json
 import logging
 import multiprocessing
 import os
@@ -48,6 +53,7 @@ from hiervl.config import load_config
 from hiervl.data.datasets.semseg import read_split_file, register_semseg_split
 from hiervl.evaluation.label_next import labelled_class_frequency, rank_records
 from hiervl.evaluation.predictor import HierVLPredictor
+from hiervl.utils.atomic import atomic_write_text
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchmark_semi import _ahead, _mean_std, train_and_eval  # noqa: E402
@@ -99,8 +105,13 @@ def register_variant(
     name: str, labeled: Sequence[Dict], pool: Sequence[Dict], metadata: Dict, folder: str
 ) -> List[str]:
     """Register ``<name>_labeled`` / ``<name>_unlabeled`` from split files written to
-    ``folder`` (absolute paths); returns the config opts that train on them."""
+    ``folder`` (absolute paths); returns the config opts that train on them. Names left by an
+    earlier call in this process (a second benchmark in one session) are replaced."""
     os.makedirs(folder, exist_ok=True)
+    for split in (f"{name}_labeled", f"{name}_unlabeled"):
+        if split in DatasetCatalog.list():
+            DatasetCatalog.remove(split)
+            MetadataCatalog.remove(split)
     files = {"labeled": os.path.join(folder, "labeled.txt")}
     with open(files["labeled"], "w") as f:
         f.writelines(f"{r['file_name']} {r['sem_seg_file_name']}\n" for r in labeled)
@@ -136,6 +147,23 @@ def run_seed(
     out = os.path.join(settings["output"], f"seed{seed}")
     metadata = settings["metadata"]
     run = common + ["SEED", str(seed)]
+    # A seed whose three runs finished with these very settings is read back, not retrained:
+    # a stopped benchmark resumes, and seeds run by separate invocations into one --output
+    # are reported together.
+    done = os.path.join(out, "result.json")
+    key = {
+        "config_file": config_file,
+        "opts": run,
+        **{k: settings[k] for k in ("labeled", "add", "uncertainty")},
+        **{k: settings[k] for k in ("balance_weight", "diversity_weight")},
+    }
+    if os.path.isfile(done):
+        with open(done) as f:
+            saved = json.load(f)
+        if saved.get("settings") == key:
+            logger.info("seed %d: the runs in %s are done; read back (delete it to retrain)", seed, out)
+            return saved["results"]
+        logger.info("seed %d: %s holds runs of other settings; training again", seed, out)
     labeled, pool = draw(universe, settings["labeled"], seed)
     add = settings["add"]
     if add > len(pool):
@@ -181,6 +209,7 @@ def run_seed(
             labeled + [r for r in pool if r["file_name"] in picked],
             [r for r in pool if r["file_name"] not in picked],
         )
+    atomic_write_text(done, json.dumps({"settings": key, "results": results}, indent=1) + "\n")
     return results
 
 

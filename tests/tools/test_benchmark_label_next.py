@@ -76,7 +76,7 @@ def _register(folder, name, records):
     )
 
 
-def test_tiny_run_writes_the_report_and_the_picks(tmp_path):
+def test_tiny_run_writes_the_report_and_the_picks(tmp_path, monkeypatch):
     demo = tool.universe_records(["hiervl_demo_train_labeled"])
     tag = uuid.uuid4().hex[:6]
     _register(tmp_path, f"ln_universe_{tag}", demo[:8])
@@ -103,3 +103,19 @@ def test_tiny_run_writes_the_report_and_the_picks(tmp_path):
         assert len(lines) == 5
         assert len((out / "seed5" / variant / "unlabeled.txt").read_text().split()) == 3
     assert MetadataCatalog.get("label_next_bench_s5_ranked_labeled").stuff_classes == DEMO_CLASSES
+    # the same invocation again reads the finished seed back instead of training it
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    args = (
+        ["--config-file", str(config), "--universe", f"ln_universe_{tag}", "--val"]
+        + [f"ln_val_{tag}", "--labeled", "3", "--add", "2", "--iters", "2", "--seeds", "5"]
+        + ["--output", str(out), "SOLVER.IMS_PER_BATCH", "2"]
+    )
+    monkeypatch.setattr(tool, "train_and_eval", no_training)
+    assert tool.main(args) == report
+    # other settings (here the steps) are trained again
+    more_steps = args.copy()
+    more_steps[args.index("--iters") + 1] = "3"
+    with pytest.raises(AssertionError, match="trained again"):
+        tool.main(more_steps)
