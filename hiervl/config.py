@@ -295,7 +295,9 @@ def add_hiervl_config(cfg: CN) -> None:
     # of the crop they cover (semi/pseudo_coverage) and how many absent-class rulings are wrong
     # (semi/absent_wrong); "oracle": the masks replace the teacher's
     # pseudo-labels (everything else as it is), which tells the unlabelled pipeline apart from
-    # the pseudo-labels' quality. Either stops at an unlabelled image without a mask.
+    # the pseudo-labels' quality; "oracle_kept": the pixels the pseudo-label keeps take their
+    # mask's label (the pseudo-labels' coverage and class mix without their wrong pixels).
+    # Each stops at an unlabelled image without a mask.
     semi.UNLABELED_GROUND_TRUTH = "none"
     # CutMix between unlabelled images.
     semi.CUTMIX_PROB = 0.5

@@ -40,7 +40,9 @@ without them): ``--only semi ... SEMI.UNLABELED_GROUND_TRUTH measure`` logs the 
 pseudo-labels' precision per class (``semi/pseudo_precision*`` in each run's metrics.json), and
 ``SEMI.UNLABELED_GROUND_TRUTH oracle`` trains on the ground truth in their place — the gap
 between the oracle and the real run is what better pseudo-labels could bring; an oracle no
-better than supervised-only points at the unlabelled pipeline itself.
+better than supervised-only points at the unlabelled pipeline itself. ``oracle_kept`` keeps the
+teacher's choice of pixels and gives them their true labels: a run as bad as the real one
+blames the pseudo-labels' coverage and class mix, not their wrong pixels.
 """
 import argparse
 import json

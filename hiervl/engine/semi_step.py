@@ -62,7 +62,7 @@ from .semi import (
 
 __all__ = ["GROUND_TRUTH_MODES", "SemiSupervisedStep", "pseudo_label_accuracy", "stack_views"]
 
-GROUND_TRUTH_MODES = ("none", "measure", "oracle")
+GROUND_TRUTH_MODES = ("none", "measure", "oracle", "oracle_kept")
 
 
 def stack_views(
@@ -207,7 +207,8 @@ class SemiSupervisedStep(AMPTrainer):
                 unlabelled crops carry ``sem_seg_gt``: "none"; "measure" (log the kept
                 pseudo-labels' precision per class and their coverage); "oracle" (the ground
                 truth replaces the teacher's predictions; thresholds, CutMix, absent classes
-                and losses unchanged).
+                and losses unchanged); "oracle_kept" (the pixels the teacher's pseudo-label
+                keeps take their ground-truth label: its coverage with no wrong pixel).
         """
         if unlabeled_ground_truth not in GROUND_TRUTH_MODES:
             raise ValueError(
@@ -359,6 +360,10 @@ class SemiSupervisedStep(AMPTrainer):
             mode=self.pseudo_label_mode,
             threshold=threshold,
         )
+        mixed_gt = cutmix(gt[:n], gt[taught][partner], masks) if gt is not None else None
+        if self.unlabeled_ground_truth == "oracle_kept":
+            # the teacher's choice of pixels, the ground truth's labels (void stays out)
+            targets = torch.where(targets != 255, mixed_gt, targets)
         # A class is ruled out where the teacher is as sure of its absence at every pixel as a
         # kept pixel is of its label (METHOD §8); a class with target pixels is never absent.
         absent = peak < 1.0 - self.conf_threshold
@@ -380,7 +385,7 @@ class SemiSupervisedStep(AMPTrainer):
             conf_threshold=self.conf_threshold,
             class_thresholds=threshold if torch.is_tensor(threshold) else None,
             # ``partner`` indexes the taught views, whose first n are the batch's own
-            ground_truth=cutmix(gt[:n], gt[taught][partner], masks) if gt is not None else None,
+            ground_truth=mixed_gt,
         )
 
     def pseudo_label_stats(self, batch: UnlabeledBatch) -> Dict[str, float]:

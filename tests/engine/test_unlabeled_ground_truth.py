@@ -157,6 +157,31 @@ def test_measure_logs_precision_per_class_during_training(tmp_path):
     assert (batch.targets == 0).all()
 
 
+def test_oracle_kept_relabels_the_kept_pixels_with_the_ground_truth(tmp_path):
+    """"oracle_kept": the teacher decides which pixels are kept, the ground truth what they
+    are; its unsure pixels stay out and void stays void."""
+    _, step = _step(tmp_path, "oracle_kept")
+
+    class Teacher:  # class 0 confidently on the left half, unsure on the right
+        def __call__(self, weak, valid=None):
+            probs = torch.zeros(weak.shape[0], 3, *weak.shape[-2:])
+            probs[..., :8] = torch.tensor([0.95, 0.05, 0.0])[:, None, None]
+            probs[..., 8:] = torch.tensor([0.5, 0.3, 0.2])[:, None, None]
+            return probs
+
+    step.teacher_probs = Teacher()
+    step.cutmix_prob = 0.0
+    own = _views(0, 1)
+    own["sem_seg_gt"][:2] = 255
+    batch = step.prepare_unlabeled([own], [_views(0, 0)])
+    targets = batch.targets[0]
+    assert (targets[2:, :8] == 1).all()  # kept by the teacher (class 0), labelled by the truth
+    assert (targets[:2] == 255).all() and (targets[:, 8:] == 255).all()
+    # class 1 has target pixels, so it is not ruled absent; the teacher's labels stay recorded
+    assert not batch.absent[0, 1] and (batch.labels[0][:, :8] == 0).all()
+    assert step.pseudo_label_stats(batch)["semi/pseudo_precision"] == pytest.approx(1.0)
+
+
 def test_an_unknown_mode_is_refused(tmp_path):
     with pytest.raises(ValueError, match="UNLABELED_GROUND_TRUTH must be one of"):
         _step(tmp_path, "oracel")
