@@ -151,17 +151,15 @@ def run_seed(
     # a stopped benchmark resumes, and seeds run by separate invocations into one --output
     # are reported together.
     done = os.path.join(out, "result.json")
-    key = {
-        "config_file": config_file,
-        "opts": run,
-        **{k: settings[k] for k in ("labeled", "add", "uncertainty")},
-        **{k: settings[k] for k in ("balance_weight", "diversity_weight")},
-    }
+    scored = ("labeled", "add", "uncertainty", "balance_weight", "diversity_weight")
+    key = {"config_file": config_file, "opts": run, **{k: settings[k] for k in scored}}
     if os.path.isfile(done):
         with open(done) as f:
             saved = json.load(f)
         if saved.get("settings") == key:
-            logger.info("seed %d: the runs in %s are done; read back (delete it to retrain)", seed, out)
+            logger.info(
+                "seed %d: the runs in %s are done; read back (delete it to retrain)", seed, out
+            )
             return saved["results"]
         logger.info("seed %d: %s holds runs of other settings; training again", seed, out)
     labeled, pool = draw(universe, settings["labeled"], seed)

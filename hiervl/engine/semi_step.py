@@ -366,9 +366,10 @@ class SemiSupervisedStep(AMPTrainer):
             targets = torch.where(targets != 255, mixed_gt, targets)
         # A class is ruled out where the teacher is as sure of its absence at every pixel as a
         # kept pixel is of its label (METHOD §8); a class with target pixels is never absent.
-        absent = peak < 1.0 - self.conf_threshold
-        if not self.rule_out_absent:
-            absent = torch.zeros_like(absent)
+        if self.rule_out_absent:
+            absent = peak < 1.0 - self.conf_threshold
+        else:
+            absent = torch.zeros_like(peak, dtype=torch.bool)
         for i in range(n):
             absent[i, targets[i][(targets[i] >= 0) & (targets[i] < absent.shape[1])]] = False
         return UnlabeledBatch(
