@@ -272,6 +272,11 @@ def add_hiervl_config(cfg: CN) -> None:
     # (METHOD §8). False: no class is ruled out; rows without a pseudo-labelled segment take no
     # part in the class loss (a weak teacher's rulings are often wrong, docs/PERFORMANCE.md).
     semi.RULE_OUT_ABSENT_CLASSES = True
+    # Rule classes out pixel by pixel ("threshold" mode): where the teacher gives a class less
+    # than 1 - CONF_THRESHOLD, that class's mask learns "not here" (target 0) on the pixels
+    # without a pseudo-label. False: those pixels carry no target, so a mask may grow over them
+    # at no cost (docs/PERFORMANCE.md, CamVid).
+    semi.RULE_OUT_CLASSES_PER_PIXEL = False
     # Distribution alignment (ours; ReMixMatch / DARS style): before thresholding, the
     # teacher's class probabilities are multiplied by (class pixel frequency of the labelled
     # split) / (mean predicted probability over the unlabelled batch) and renormalised, which

@@ -380,6 +380,7 @@ class HierVL(nn.Module):
         labeled: bool,
         weights: Optional[Sequence[torch.Tensor]] = None,
         absent: Optional[torch.Tensor] = None,
+        ruled_out: Optional[torch.Tensor] = None,
         feature_dropout: float = 0.0,
         return_attn: bool = False,
     ) -> Tuple[Dict[str, torch.Tensor], Dict]:
@@ -400,6 +401,9 @@ class HierVL(nn.Module):
             absent: ``[B, C]`` bool, pseudo-labels only: the classes known absent from each
                 image (a class with target pixels never is); the class loss leaves out the rows
                 whose "no object" target is unknown (``HierVLCriterion``). None: none known.
+            ruled_out: ``[B, C, H, W]`` bool, pseudo-labels only: the pixels where each class
+                is known not to be; a segment's mask learns "not here" on those of its class
+                that have no label (``semantic_targets``). None: only labelled pixels count.
             feature_dropout: channel-dropout probability on the encoder's feature maps (see
                 ``encode_decode``).
             return_attn: put CMSAM's attention ``cmsam_attn`` in the returned outputs.
@@ -409,8 +413,10 @@ class HierVL(nn.Module):
             ``keep``, ``aux_outputs`` per layer; ``cmsam_attn`` with ``return_attn``) for
             regularisers on the predictions (entropy, HVLFormer's CMCR).
         """
-        if labeled and absent is not None:
-            raise ValueError("absent classes are for pseudo-labels: ground truth is complete")
+        if labeled and (absent is not None or ruled_out is not None):
+            raise ValueError(
+                "absent and ruled-out classes are for pseudo-labels: ground truth is complete"
+            )
         div = self.size_divisibility
         images = ImageList.from_tensors([self._normalize(x) for x in images], div).tensor
         labels = [sem.to(self.device).long() for sem in sem_seg]
@@ -422,9 +428,22 @@ class HierVL(nn.Module):
         weights = ImageList.from_tensors(weights, div, pad_value=0.0).tensor
         labels = labels[:, : images.shape[-2], : images.shape[-1]]
         weights = weights[:, : images.shape[-2], : images.shape[-1]]
+        if ruled_out is None:
+            ruled_out = [None] * len(labels)
+        else:
+            if len(ruled_out) != len(labels) or ruled_out.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"ruled_out must be [{len(labels)}, {self.num_classes}, H, W], got "
+                    f"{list(ruled_out.shape)}"
+                )
+            ruled_out = [r.to(self.device, torch.uint8) for r in ruled_out]
+            ruled_out = ImageList.from_tensors(ruled_out, div, pad_value=0).tensor.bool()
+            ruled_out = ruled_out[..., : images.shape[-2], : images.shape[-1]]
         targets = [
-            semantic_targets(sem, self.num_classes, weight=w, ignore_value=self.ignore_value)
-            for sem, w in zip(labels, weights)
+            semantic_targets(
+                sem, self.num_classes, weight=w, ignore_value=self.ignore_value, ruled_out=r
+            )
+            for sem, w, r in zip(labels, weights, ruled_out)
         ]
         presence = torch.zeros(len(targets), self.num_classes, dtype=torch.bool, device=self.device)
         for b, target in enumerate(targets):

@@ -3,7 +3,7 @@
 :class:`SemiSupervisedObjective` is the loss the optimiser steps on: the student's supervised
 losses on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × the unlabelled objective — its
 losses on the mixed strong views against their pseudo-labels (confidence weights, ruled-out
-classes), with feature dropout, and the entropy of its predictions. The step
+classes and pixels), with feature dropout, and the entropy of its predictions. The step
 (:mod:`hiervl.engine.semi_step`) builds the pseudo-labelled views and hands them over as one
 :class:`UnlabeledBatch`.
 """
@@ -41,6 +41,10 @@ class UnlabeledBatch:
         conf_threshold: ``SEMI.CONF_THRESHOLD``: "threshold" mode drops pixels below it (or
             below ``class_thresholds``); a class whose probability stays below
             ``1 - conf_threshold`` on every pixel is absent.
+        ruled_out: ``[B, C, H, W]`` bool with ``SEMI.RULE_OUT_CLASSES_PER_PIXEL``: the
+            pixels where the (mixed) teacher gives each class less than ``1 -
+            conf_threshold``; a segment's mask learns "not here" on those of its class that
+            have no target. None: off.
         class_thresholds: ``[C]`` class-balanced thresholds used in place of
             ``conf_threshold`` for the targets, or None.
         ground_truth: ``[B, H, W]`` long mixed ground truth of the crops (255 = ignore) with
@@ -60,6 +64,7 @@ class UnlabeledBatch:
     conf_threshold: float
     class_thresholds: Optional[torch.Tensor] = None
     ground_truth: Optional[torch.Tensor] = None
+    ruled_out: Optional[torch.Tensor] = None
 
 
 def prediction_entropy(outputs: Dict) -> torch.Tensor:
@@ -84,7 +89,7 @@ class SemiSupervisedObjective(nn.Module):
         """
         Args:
             model: the student META_ARCH: ``model(labelled dicts)`` returns a dict of losses,
-                ``model.losses(images, targets, labeled=False, weights=, absent=,
+                ``model.losses(images, targets, labeled=False, weights=, absent=, ruled_out=,
                 feature_dropout=, return_attn=)`` returns the losses and the decoder outputs
                 of pseudo-labelled images (:meth:`hiervl.hiervl_model.HierVL.losses`).
             entropy_weight: weight of the mean entropy of the strong views' predictions
@@ -140,6 +145,7 @@ class SemiSupervisedObjective(nn.Module):
             labeled=False,
             weights=batch.weights,
             absent=batch.absent,
+            ruled_out=batch.ruled_out,
             feature_dropout=self.feature_dropout,
             return_attn=return_attn,
         )

@@ -17,7 +17,9 @@ One step:
        batch keeps its most confident pixels, so small classes are not learnt as absent);
        ``weight`` mode — every pixel weighted by its confidence; and the classes each mixed
        image rules out: those whose teacher probability stays below ``1 -
-       SEMI.CONF_THRESHOLD`` on every pixel — only their rows learn "no object" (METHOD §8).
+       SEMI.CONF_THRESHOLD`` on every pixel — only their rows learn "no object" (METHOD §8);
+       with ``SEMI.RULE_OUT_CLASSES_PER_PIXEL``, also the pixels where the teacher gives a
+       class less than that: its mask learns "not here" on those without a target.
        All of it travels as one :class:`UnlabeledBatch`;
     5. the student's loss: supervised on the labelled batch plus ``SEMI.UNSUP_WEIGHT`` × the
        unlabelled objective — its losses on the mixed strong views against their
@@ -103,6 +105,7 @@ def pseudo_label_accuracy(
     weights: Optional[torch.Tensor],
     ground_truth: torch.Tensor,
     absent: Optional[torch.Tensor] = None,
+    ruled_out: Optional[torch.Tensor] = None,
 ) -> Dict[str, float]:
     """How right the kept pseudo-label pixels are, against the ground truth of the same crops.
 
@@ -112,13 +115,17 @@ def pseudo_label_accuracy(
             kept), or None.
         ground_truth: ``[B, H, W]`` long, 255 = ignore.
         absent: ``[B, C]`` bool classes ruled absent from each crop, or None.
+        ruled_out: ``[B, C, H, W]`` bool (pixel, class) pairs ruled out, or None.
 
     Returns:
         ``semi/pseudo_precision`` (right / kept, over kept pixels with a ground truth),
         ``semi/pseudo_precision/<c>`` for each class ``c`` with kept pixels, and
         ``semi/pseudo_coverage`` (kept / pixels with a ground truth), and with ``absent``
         ``semi/absent_wrong`` (the share of ruled-absent (image, class) pairs whose class has
-        ground-truth pixels in the crop); empty when no pixel has a ground truth.
+        ground-truth pixels in the crop), and with ``ruled_out`` ``semi/ruled_out_wrong`` (the
+        share of the ruled-out (pixel, class) pairs at pixels without a pseudo-label, where they
+        are targets, whose class is the pixel's ground truth); empty when no pixel has a ground
+        truth.
     """
     labelled = ground_truth != 255
     if not bool(labelled.any()):
@@ -139,6 +146,13 @@ def pseudo_label_accuracy(
             ids = truth[(truth != 255) & (truth < absent.shape[1])]
             present[i, ids] = True
         stats["semi/absent_wrong"] = float((present & absent).sum()) / float(absent.sum())
+    if ruled_out is not None:
+        unlabelled = labelled & ~kept
+        pairs = ruled_out & unlabelled[:, None]
+        if bool(pairs.any()):
+            truth = ground_truth.where(labelled, 0).clamp(max=ruled_out.shape[1] - 1)
+            wrong = ruled_out.gather(1, truth[:, None])[:, 0] & unlabelled
+            stats["semi/ruled_out_wrong"] = float(wrong.sum()) / float(pairs.sum())
     return stats
 
 
@@ -166,6 +180,7 @@ class SemiSupervisedStep(AMPTrainer):
         conf_threshold: float,
         class_balanced_ratio: float = 0.0,
         rule_out_absent: bool = True,
+        rule_out_per_pixel: bool = False,
         class_prior: Optional[torch.Tensor] = None,
         unsup_weight: float,
         unsup_start_iter: int,
@@ -191,6 +206,9 @@ class SemiSupervisedStep(AMPTrainer):
                 least this fraction of its most confident pixels (0 = global threshold only).
             rule_out_absent: rule classes out of an unlabelled crop where the teacher gives
                 them less than ``1 - conf_threshold`` at every pixel (False: none is).
+            rule_out_per_pixel: "threshold" mode: also the pixels where the teacher gives a
+                class less than ``1 - conf_threshold``: the class's mask learns "not here" on
+                those without a target (False: pixels below the threshold carry no target).
             class_prior: ``[C]`` class frequencies of the labelled pixels: the teacher's
                 probabilities are aligned to it before pseudo-labelling (None = no alignment).
             unsup_weight: weight of the unlabelled loss.
@@ -215,6 +233,11 @@ class SemiSupervisedStep(AMPTrainer):
                 f"SEMI.UNLABELED_GROUND_TRUTH must be one of {GROUND_TRUTH_MODES}, got "
                 f"{unlabeled_ground_truth!r}"
             )
+        if rule_out_per_pixel and pseudo_label_mode != "threshold":
+            raise ValueError(
+                "SEMI.RULE_OUT_CLASSES_PER_PIXEL is for SEMI.PSEUDO_LABEL_MODE 'threshold' (in "
+                f"{pseudo_label_mode!r} mode every pixel already has a target)"
+            )
         device = next(student.parameters()).device
         super().__init__(
             objective,
@@ -236,6 +259,7 @@ class SemiSupervisedStep(AMPTrainer):
         self.conf_threshold = conf_threshold
         self.class_balanced_ratio = class_balanced_ratio
         self.rule_out_absent = rule_out_absent
+        self.rule_out_per_pixel = rule_out_per_pixel
         self.class_prior = class_prior
         self.unsup_weight = unsup_weight
         self.unsup_start_iter = unsup_start_iter
@@ -372,6 +396,12 @@ class SemiSupervisedStep(AMPTrainer):
             absent = torch.zeros_like(peak, dtype=torch.bool)
         for i in range(n):
             absent[i, targets[i][(targets[i] >= 0) & (targets[i] < absent.shape[1])]] = False
+        ruled_out = None
+        if self.rule_out_per_pixel:
+            # the same boxes as the labels: each pixel's class distribution is its source's
+            mixed_probs = cutmix(probs[:n].cpu(), probs[partner].cpu(), masks)
+            mixed_ignore = cutmix(ignore[:n], ignore[mix_index], masks)
+            ruled_out = (mixed_probs < 1.0 - self.conf_threshold) & ~mixed_ignore[:, None]
         return UnlabeledBatch(
             weak=weak[:n],
             strong=strong[:n],
@@ -387,6 +417,7 @@ class SemiSupervisedStep(AMPTrainer):
             class_thresholds=threshold if torch.is_tensor(threshold) else None,
             # ``partner`` indexes the taught views, whose first n are the batch's own
             ground_truth=mixed_gt,
+            ruled_out=ruled_out,
         )
 
     def pseudo_label_stats(self, batch: UnlabeledBatch) -> Dict[str, float]:
@@ -400,7 +431,7 @@ class SemiSupervisedStep(AMPTrainer):
             "semi/unsup_weight": self.current_unsup_weight(),
             **(
                 pseudo_label_accuracy(
-                    batch.targets, batch.weights, batch.ground_truth, batch.absent
+                    batch.targets, batch.weights, batch.ground_truth, batch.absent, batch.ruled_out
                 )
                 if batch.ground_truth is not None
                 else {}

@@ -236,6 +236,7 @@ class HierVLTrainer(DefaultTrainer):
             "conf_threshold": cfg.SEMI.CONF_THRESHOLD,
             "class_balanced_ratio": cfg.SEMI.CLASS_BALANCED_RATIO,
             "rule_out_absent": cfg.SEMI.RULE_OUT_ABSENT_CLASSES,
+            "rule_out_per_pixel": cfg.SEMI.RULE_OUT_CLASSES_PER_PIXEL,
             "class_prior": cls.class_prior(cfg) if cfg.SEMI.DISTRIBUTION_ALIGNMENT else None,
             "unsup_weight": cfg.SEMI.UNSUP_WEIGHT,
             "unsup_start_iter": cfg.SEMI.UNSUP_START_ITER,

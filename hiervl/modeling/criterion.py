@@ -5,7 +5,8 @@ Assignment: a class row ``(c, e)`` is tied to class ``c`` — its target is the 
 when ``c`` occurs in the image and the row is kept, otherwise "no object"; instance rows are
 Hungarian-matched (``matcher.py``) to the image's segments (one per present class for semantic
 ground truth). Pixels with label ``ignore_value`` or weight 0 take no part in the mask losses;
-``weight`` maps (confidence-weighted pseudo-labels) scale the per-pixel mask losses.
+``weight`` maps (confidence-weighted pseudo-labels) scale the per-pixel mask losses, and may be
+per segment (pseudo-labels with pixels where a class is ruled out: ``semantic_targets``).
 
 Targets that may be incomplete (pseudo-labels, METHOD §8): ``absent`` names the classes known to
 be absent from each image. A row with no segment then targets "no object" only when that is
@@ -35,7 +36,7 @@ from hiervl.utils.comm import all_reduce_mean
 
 from .matcher import HungarianMatcher
 
-__all__ = ["HierVLCriterion", "semantic_targets"]
+__all__ = ["HierVLCriterion", "segment_weights", "semantic_targets"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def semantic_targets(
     *,
     weight: Optional[torch.Tensor] = None,
     ignore_value: int = 255,
+    ruled_out: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """Turn a semantic label map into per-class segments.
 
@@ -54,16 +56,36 @@ def semantic_targets(
         num_classes: ``C``; ids outside ``[0, C)`` are treated as ignored.
         weight: optional ``[H, W]`` float per-pixel loss weight (default 1).
         ignore_value: label of ignored pixels.
+        ruled_out: optional ``[C, H, W]`` bool, pseudo-labels only: where each class is known
+            not to be. A segment's mask then also has a target on the pixels without a label
+            where its class is ruled out: 0 ("not this class here"), weight 1.
 
     Returns:
         ``{"labels": [T] long, "masks": [T, H, W] float, "weight": [H, W] float}``: the present
-        classes in increasing order, their binary masks, and the pixel weights (0 where ignored).
+        classes in increasing order, their binary masks, and the pixel weights (0 where ignored);
+        with ``ruled_out`` the weights are per segment, ``[T, H, W]``.
     """
     valid = (sem_seg != ignore_value) & (sem_seg >= 0) & (sem_seg < num_classes)
     pixel_weight = valid.float() if weight is None else weight.float() * valid.float()
     labels = torch.unique(sem_seg[valid & (pixel_weight > 0)])
     masks = (sem_seg[None] == labels[:, None, None]).float()
+    if ruled_out is not None:
+        if tuple(ruled_out.shape) != (num_classes, *sem_seg.shape):
+            raise ValueError(
+                f"ruled_out must be {[num_classes, *sem_seg.shape]}, got {list(ruled_out.shape)}"
+            )
+        negatives = ruled_out.to(sem_seg.device)[labels] & (pixel_weight == 0)[None]
+        pixel_weight = torch.where(negatives, 1.0, pixel_weight[None].expand_as(masks))
     return {"labels": labels.long(), "masks": masks, "weight": pixel_weight}
+
+
+def segment_weights(target: Dict[str, torch.Tensor], index: torch.Tensor) -> torch.Tensor:
+    """The pixel weights ``[N, H, W]`` of the segments ``index [N]`` of a target of
+    :func:`semantic_targets` (shared ``[H, W]`` weights or per-segment ``[T, H, W]``)."""
+    weight = target["weight"]
+    if weight.dim() == 3:
+        return weight[index]
+    return weight[None].expand(index.numel(), -1, -1)
 
 
 def logit_uncertainty(logits: torch.Tensor) -> torch.Tensor:
@@ -341,10 +363,7 @@ class HierVLCriterion(nn.Module):
         src = pred_masks[batch_ids, row_ids].float()[:, None]
         tgt = torch.cat([t["masks"][cols] for t, (_, cols) in zip(targets, assignments)])[:, None]
         weight = torch.cat(
-            [
-                t["weight"][None].expand(cols.numel(), -1, -1)
-                for t, (_, cols) in zip(targets, assignments)
-            ]
+            [segment_weights(t, cols) for t, (_, cols) in zip(targets, assignments)]
         )[:, None]
         with torch.no_grad():
             # Uncertain points are chosen among pixels with a target (weight > 0): ignored

@@ -25,15 +25,16 @@ def batch_sigmoid_bce_cost(
     Args:
         logits: ``[Q, P]`` mask logits at ``P`` points.
         targets: ``[T, P]`` target masks in ``[0, 1]`` at the same points.
-        weights: ``[P]`` per-point weights (0 = ignored).
+        weights: ``[P]`` per-point weights (0 = ignored), or ``[T, P]`` per target.
 
     Returns:
         ``[Q, T]`` mean weighted BCE over the points.
     """
     num_points = max(logits.shape[1], 1)
+    weights = weights.expand_as(targets)
     pos = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
     neg = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
-    cost = (pos * weights) @ targets.T + (neg * weights) @ (1.0 - targets).T
+    cost = pos @ (targets * weights).T + neg @ ((1.0 - targets) * weights).T
     return cost / num_points
 
 
@@ -45,15 +46,16 @@ def batch_dice_cost(
     Args:
         logits: ``[Q, P]`` mask logits.
         targets: ``[T, P]`` target masks in ``[0, 1]``.
-        weights: ``[P]`` per-point weights (0 = ignored).
+        weights: ``[P]`` per-point weights (0 = ignored), or ``[T, P]`` per target.
 
     Returns:
         ``[Q, T]`` dice costs.
     """
-    probs = logits.sigmoid() * weights
+    weights = weights.expand_as(targets)
+    probs = logits.sigmoid()
     weighted_targets = targets * weights
-    numerator = 2.0 * probs @ targets.T
-    denominator = probs.sum(-1)[:, None] + weighted_targets.sum(-1)[None, :]
+    numerator = 2.0 * probs @ weighted_targets.T
+    denominator = probs @ weights.T + weighted_targets.sum(-1)[None, :]
     return 1.0 - (numerator + 1.0) / (denominator + 1.0)
 
 
@@ -100,8 +102,8 @@ class HungarianMatcher(nn.Module):
             pred_logits: ``[B, K, C+1]`` class logits (last = no object).
             pred_masks: ``[B, K, h, w]`` mask logits.
             targets: per image ``{"labels": [T] long, "masks": [T, H, W] float,
-                "weight": [H, W] float}`` (``H, W`` the padded image size, any multiple of
-                ``h, w``; weight 0 = ignored pixel).
+                "weight": [H, W] or [T, H, W] float}`` (``H, W`` the padded image size, any
+                multiple of ``h, w``; weight 0 = ignored pixel).
             rows: ``[K]`` bool, the rows that take part in the matching.
 
         Returns:
@@ -125,9 +127,12 @@ class HungarianMatcher(nn.Module):
                 tgt_points = point_sample(
                     target["masks"][None].float(), coords, align_corners=False
                 )[0]
+                # [P] shared by the segments, or [T, P] (per-segment weights)
+                weight = target["weight"].float()
                 weight = point_sample(
-                    target["weight"][None, None].float(), coords, align_corners=False
-                )[0, 0]
+                    weight.view(1, -1, *weight.shape[-2:]), coords, align_corners=False
+                )[0]
+                weight = weight[0] if target["weight"].dim() == 2 else weight
                 if self.cost_mask != 0.0:
                     cost = cost + self.cost_mask * batch_sigmoid_bce_cost(
                         pred_points, tgt_points, weight

@@ -221,6 +221,49 @@ def test_no_class_is_ruled_out_when_the_rule_is_off(tmp_path):
     assert (batch.targets == 0).all()
 
 
+def test_classes_are_ruled_out_pixel_by_pixel(tmp_path):
+    """SEMI.RULE_OUT_CLASSES_PER_PIXEL: the pixels where the (mixed) teacher gives a class less
+    than 1 - SEMI.CONF_THRESHOLD rule that class out there, also inside a pasted box whose
+    pixels are not kept, and the student's losses receive them; off: no ruling."""
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.CONF_THRESHOLD = 0.9
+    cfg.SEMI.RULE_OUT_CLASSES_PER_PIXEL = True
+    step = _train(cfg)._trainer
+    step.teacher_probs = _ContentTeacher()
+    step.cutmix_prob = 1.0
+    batch = step.prepare_unlabeled([_views(0)], [_views(200)])
+    box = batch.cutmix[0]
+    assert box.any() and not box.all()
+    ruled = batch.ruled_out[0]
+    assert ruled.shape == (3, 16, 16)
+    # own pixels: class 0 at 0.97 -> 1 (0.03) and 2 (0) ruled out; in the unsure box (1 at
+    # 0.7, 2 at 0.3, not kept) class 0 (0) is ruled out, 1 and 2 are not
+    assert ruled[:, ~box].tolist() == [
+        [False] * int((~box).sum()),
+        *[[True] * int((~box).sum())] * 2,
+    ]
+    assert ruled[0, box].all() and not ruled[1:, box].any()
+    assert (batch.targets[0][box] == 255).all()
+    seen = {}
+    original = step.student.losses
+
+    def spy(images, sem_seg, **kwargs):
+        seen.update(kwargs)
+        return original(images, sem_seg, **kwargs)
+
+    step.student.losses = spy
+    losses = step.model(step.labeled_loader.next(), batch)
+    assert seen["ruled_out"] is batch.ruled_out
+    assert all(torch.isfinite(v) for v in losses.values())
+    # off (the default): none
+    step.rule_out_per_pixel = False
+    assert step.prepare_unlabeled([_views(0)], [_views(200)]).ruled_out is None
+    # the weight mode has a target on every pixel already
+    cfg.SEMI.PSEUDO_LABEL_MODE = "weight"
+    with pytest.raises(ValueError, match="RULE_OUT_CLASSES_PER_PIXEL"):
+        HierVLTrainer(cfg)
+
+
 def test_unlabeled_batch_carries_the_class_balanced_thresholds(tmp_path):
     """The thresholds that made the targets travel with them (HVLFormer's step reads the
     record whole instead of rebuilding it field by field)."""

@@ -41,6 +41,16 @@ def test_pseudo_label_accuracy_counts_kept_pixels_with_a_ground_truth():
     stats = pseudo_label_accuracy(targets, None, truth, absent)
     assert stats["semi/absent_wrong"] == pytest.approx(1 / 2)
     assert "semi/absent_wrong" not in pseudo_label_accuracy(targets, None, truth, absent & False)
+    # per-pixel rulings (3 classes) count at the pixels without a pseudo-label only: (0, 3)
+    # (truth 1) and (1, 1) (truth 255: no ground truth, not counted)
+    ruled = torch.zeros(1, 3, 2, 4, dtype=torch.bool)
+    ruled[0, :, 0, 3] = torch.tensor([True, True, False])  # 1 is wrong: the truth is 1
+    ruled[0, 0, 0, 0] = True  # a kept pixel: not counted
+    stats = pseudo_label_accuracy(targets, None, truth, None, ruled)
+    assert stats["semi/ruled_out_wrong"] == pytest.approx(1 / 2)
+    assert "semi/ruled_out_wrong" not in pseudo_label_accuracy(
+        targets, None, truth, None, ruled & False
+    )
 
 
 def _image_and_mask(tmp_path, with_mask=True):
@@ -158,7 +168,7 @@ def test_measure_logs_precision_per_class_during_training(tmp_path):
 
 
 def test_oracle_kept_relabels_the_kept_pixels_with_the_ground_truth(tmp_path):
-    """"oracle_kept": the teacher decides which pixels are kept, the ground truth what they
+    """ "oracle_kept": the teacher decides which pixels are kept, the ground truth what they
     are; its unsure pixels stay out and void stays void."""
     _, step = _step(tmp_path, "oracle_kept")
 

@@ -253,3 +253,46 @@ def test_bad_inputs_give_finite_losses_with_gradients():
         text_embeds=text,
     )
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_ruled_out_pixels_are_negatives_of_their_class_only():
+    """With ``ruled_out`` a segment's mask also learns "not here" on the unlabelled pixels where
+    its class is ruled out (weight 1, target 0) — and only its own class's."""
+    sem = _label_map()  # class 0 in columns :12, class 2 in 12:24, 24: unlabelled
+    ruled_out = torch.zeros(C, H, W, dtype=torch.bool)
+    ruled_out[0, :, 24:] = True  # class 0 is known not to be in the unlabelled strip
+    ruled_out[0, :, 12:24] = True  # and not where class 2 is labelled (no change there)
+    t = semantic_targets(sem, C, ruled_out=ruled_out)
+    assert t["weight"].shape == (2, H, W) and t["labels"].tolist() == [0, 2]
+    assert t["weight"][0, :, 24:].eq(1).all() and t["masks"][0, :, 24:].eq(0).all()
+    assert t["weight"][1, :, 24:].eq(0).all()  # class 2 is not ruled out there
+    assert t["weight"][:, :, :24].eq(1).all()
+    with pytest.raises(ValueError, match="ruled_out"):
+        semantic_targets(sem, C, ruled_out=ruled_out[:2])
+
+    # a class-0 mask that grows over the unlabelled strip costs nothing without the ruling and
+    # is penalised with it; growing class 2's mask there costs nothing either way
+    torch.manual_seed(0)
+    crit = _criterion(class_weight=0.0, align_weight=0.0, importance_sample_ratio=0.0)
+    text = F.normalize(torch.randn(C, DT), dim=-1)
+    keep = torch.ones(1, C * E + N, dtype=torch.bool)
+    outputs = _perfect_outputs(sem, text, keep)
+    for c in (0, 2):
+        grown = {k: v.clone() for k, v in outputs.items()}
+        rows = [r for r, rc in enumerate(_rows().tolist()) if rc == c]
+        rows += [C * E + (0 if c == 0 else 1)]  # the instance row predicting c
+        grown["pred_masks"][0, rows, :, 24:] = 10.0
+        losses = {}
+        for name, kwargs in (("plain", {}), ("ruled", {"ruled_out": ruled_out})):
+            targets = [semantic_targets(sem, C, **kwargs)]
+            torch.manual_seed(1)  # the same points in every call
+            base = crit(outputs, targets, row_classes=_rows(), row_keep=keep, text_embeds=text)
+            torch.manual_seed(1)
+            out = crit(grown, targets, row_classes=_rows(), row_keep=keep, text_embeds=text)
+            losses[name] = float(out["loss_mask"] - base["loss_mask"])
+        # (points next to column 24 interpolate between a labelled and an unlabelled pixel)
+        assert abs(losses["plain"]) < 0.1
+        if c == 0:
+            assert losses["ruled"] > losses["plain"] + 1.0
+        else:
+            assert losses["ruled"] == pytest.approx(losses["plain"], abs=1e-6)

@@ -1,5 +1,6 @@
 """Hungarian matcher on hand-made predictions."""
 
+import pytest
 import torch
 
 from hiervl.modeling.matcher import HungarianMatcher, batch_dice_cost, batch_sigmoid_bce_cost
@@ -88,3 +89,42 @@ def test_costs_prefer_the_right_mask():
     for fn in (batch_sigmoid_bce_cost, batch_dice_cost):
         cost = fn(preds, target, torch.ones(4))
         assert cost.shape == (2, 1) and cost[0, 0] < cost[1, 0]
+
+
+def test_per_segment_weights():
+    """Weights per target ``[T, P]``: each target's costs count its own points only; equal rows
+    give the costs of shared weights."""
+    torch.manual_seed(0)
+    logits = torch.randn(4, 10)
+    targets = (torch.rand(2, 10) > 0.5).float()
+    shared = torch.rand(10)
+    for fn in (batch_sigmoid_bce_cost, batch_dice_cost):
+        torch.testing.assert_close(fn(logits, targets, shared), fn(logits, targets, shared[None]))
+        torch.testing.assert_close(
+            fn(logits, targets, shared.expand(2, -1)), fn(logits, targets, shared)
+        )
+    # target 1 ignores points 5.. where target 0 counts them: a prediction wrong only there
+    # costs more against target 0, nothing more against target 1
+    target = torch.zeros(2, 10)
+    target[:, :5] = 1
+    weights = torch.ones(2, 10)
+    weights[1, 5:] = 0
+    good = target[:1] * 20 - 10
+    bad = good.clone()
+    bad[0, 5:] = 10
+    for fn in (batch_sigmoid_bce_cost, batch_dice_cost):
+        g, b = fn(good, target, weights), fn(bad, target, weights)
+        assert b[0, 0] > g[0, 0] + 0.1
+        assert b[0, 1] == pytest.approx(float(g[0, 1]), abs=1e-4)
+    # the matcher takes [T, H, W] weights
+    labels, masks = _segments()
+    pred_masks = torch.full((1, 3, H, W), -8.0)
+    for seg in range(3):
+        pred_masks[0, seg] = masks[seg] * 16 - 8
+    ((rows, cols),) = HungarianMatcher(num_points=200)(
+        torch.zeros(1, 3, 4),
+        pred_masks,
+        [_target(labels, masks, torch.ones(3, H, W))],
+        torch.ones(3, dtype=torch.bool),
+    )
+    assert sorted(zip(rows.tolist(), cols.tolist())) == [(0, 0), (1, 1), (2, 2)]

@@ -103,6 +103,7 @@ def test_tiny_run_writes_the_report_and_the_picks(tmp_path, monkeypatch):
         assert len(lines) == 5
         assert len((out / "seed5" / variant / "unlabeled.txt").read_text().split()) == 3
     assert MetadataCatalog.get("label_next_bench_s5_ranked_labeled").stuff_classes == DEMO_CLASSES
+
     # the same invocation again reads the finished seed back instead of training it
     def no_training(*args, **kwargs):
         raise AssertionError("trained again")
