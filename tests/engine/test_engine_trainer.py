@@ -177,18 +177,21 @@ def test_cutmix_with_a_mix_batch_at_one_unlabelled_image_per_process(tmp_path):
     assert not batch.cutmix.any() and batch.strong_mixed.eq(1).all()
 
 
-def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
-    """A class is ruled out (its rows learn "no object") only where the teacher gives it less
-    than 1 - SEMI.CONF_THRESHOLD on every pixel of the mixed image; the pasted box counts."""
+def _content_step(tmp_path, cutmix_prob, **semi):
+    """A trained toy step with threshold 0.9, the ``SEMI`` keys ``semi`` and the content
+    teacher; its CutMix probability set to ``cutmix_prob``."""
     cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
     cfg.SEMI.CONF_THRESHOLD = 0.9
+    for key, value in semi.items():
+        setattr(cfg.SEMI, key, value)
     step = _train(cfg)._trainer
     step.teacher_probs = _ContentTeacher()
-    step.cutmix_prob = 0.0
-    batch = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
-    # every pixel is class 0 at 0.97: classes 1 (0.03 < 0.1) and 2 (0) are known absent
-    assert batch.absent.tolist() == [[False, True, True]] * 2
-    # the unlabelled objective hands them, and the confidence weights, to the student
+    step.cutmix_prob = cutmix_prob
+    return step
+
+
+def _spy_on_losses(step):
+    """The keyword arguments of the student's ``losses`` calls (the last call's win)."""
     seen = {}
     original = step.student.losses
 
@@ -197,6 +200,18 @@ def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
         return original(images, sem_seg, **kwargs)
 
     step.student.losses = spy
+    return seen
+
+
+def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
+    """A class is ruled out (its rows learn "no object") only where the teacher gives it less
+    than 1 - SEMI.CONF_THRESHOLD on every pixel of the mixed image; the pasted box counts."""
+    step = _content_step(tmp_path, cutmix_prob=0.0)
+    batch = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
+    # every pixel is class 0 at 0.97: classes 1 (0.03 < 0.1) and 2 (0) are known absent
+    assert batch.absent.tolist() == [[False, True, True]] * 2
+    # the unlabelled objective hands them, and the confidence weights, to the student
+    seen = _spy_on_losses(step)
     step.model(step.labeled_loader.next(), batch)
     assert seen["absent"] is batch.absent and seen["weights"] is batch.weights
     # a box from the unsure partner: classes 1 and 2 may be in it, so they are unknown
@@ -209,12 +224,7 @@ def test_absent_classes_of_the_mixed_pseudo_label(tmp_path):
 def test_no_class_is_ruled_out_when_the_rule_is_off(tmp_path):
     """SEMI.RULE_OUT_ABSENT_CLASSES False: where the rule would rule classes 1 and 2 out, no
     class is known absent (their rows take no part in the class loss)."""
-    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
-    cfg.SEMI.CONF_THRESHOLD = 0.9
-    cfg.SEMI.RULE_OUT_ABSENT_CLASSES = False
-    step = _train(cfg)._trainer
-    step.teacher_probs = _ContentTeacher()
-    step.cutmix_prob = 0.0
+    step = _content_step(tmp_path, cutmix_prob=0.0, RULE_OUT_ABSENT_CLASSES=False)
     batch = step.prepare_unlabeled([_views(0), _views(0)], [_views(200), _views(200)])
     assert batch.absent.tolist() == [[False, False, False]] * 2
     # the confident pixels are kept as they are with the rule on
@@ -225,12 +235,7 @@ def test_classes_are_ruled_out_pixel_by_pixel(tmp_path):
     """SEMI.RULE_OUT_CLASSES_PER_PIXEL: the pixels where the (mixed) teacher gives a class less
     than 1 - SEMI.CONF_THRESHOLD rule that class out there, also inside a pasted box whose
     pixels are not kept, and the student's losses receive them; off: no ruling."""
-    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
-    cfg.SEMI.CONF_THRESHOLD = 0.9
-    cfg.SEMI.RULE_OUT_CLASSES_PER_PIXEL = True
-    step = _train(cfg)._trainer
-    step.teacher_probs = _ContentTeacher()
-    step.cutmix_prob = 1.0
+    step = _content_step(tmp_path, cutmix_prob=1.0, RULE_OUT_CLASSES_PER_PIXEL=True)
     batch = step.prepare_unlabeled([_views(0)], [_views(200)])
     box = batch.cutmix[0]
     assert box.any() and not box.all()
@@ -244,14 +249,7 @@ def test_classes_are_ruled_out_pixel_by_pixel(tmp_path):
     ]
     assert ruled[0, box].all() and not ruled[1:, box].any()
     assert (batch.targets[0][box] == 255).all()
-    seen = {}
-    original = step.student.losses
-
-    def spy(images, sem_seg, **kwargs):
-        seen.update(kwargs)
-        return original(images, sem_seg, **kwargs)
-
-    step.student.losses = spy
+    seen = _spy_on_losses(step)
     losses = step.model(step.labeled_loader.next(), batch)
     assert seen["ruled_out"] is batch.ruled_out
     assert all(torch.isfinite(v) for v in losses.values())
@@ -259,6 +257,8 @@ def test_classes_are_ruled_out_pixel_by_pixel(tmp_path):
     step.rule_out_per_pixel = False
     assert step.prepare_unlabeled([_views(0)], [_views(200)]).ruled_out is None
     # the weight mode has a target on every pixel already
+    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
+    cfg.SEMI.RULE_OUT_CLASSES_PER_PIXEL = True
     cfg.SEMI.PSEUDO_LABEL_MODE = "weight"
     with pytest.raises(ValueError, match="RULE_OUT_CLASSES_PER_PIXEL"):
         HierVLTrainer(cfg)
@@ -267,12 +267,7 @@ def test_classes_are_ruled_out_pixel_by_pixel(tmp_path):
 def test_unlabeled_batch_carries_the_class_balanced_thresholds(tmp_path):
     """The thresholds that made the targets travel with them (HVLFormer's step reads the
     record whole instead of rebuilding it field by field)."""
-    cfg = toy_config(str(tmp_path / "data"), str(tmp_path / "out"), MAX_ITER=1)
-    cfg.SEMI.CONF_THRESHOLD = 0.9
-    cfg.SEMI.CLASS_BALANCED_RATIO = 0.5
-    step = _train(cfg)._trainer
-    step.teacher_probs = _ContentTeacher()
-    step.cutmix_prob = 0.0
+    step = _content_step(tmp_path, cutmix_prob=0.0, CLASS_BALANCED_RATIO=0.5)
     batch = step.prepare_unlabeled([_views(200), _views(0)], [_views(0), _views(0)])
     # class 1 (the bright image's label at 0.7) keeps its pixels at a threshold of 0.7
     assert batch.class_thresholds.tolist() == pytest.approx([0.9, 0.7, 0.9])
