@@ -377,10 +377,11 @@ class SemiSupervisedStep(AMPTrainer):
             pasted = class_peak_probability(probs[n:], ~ignore[n:][boxed] & masks[boxed])
             peak[boxed] = torch.maximum(peak[boxed], pasted.cpu())
         mix_index = torch.arange(n, n + n) if mix_batch is not None else torch.arange(n)
+        mixed_ignore = cutmix(ignore[:n], ignore[mix_index], masks)
         targets, weights = finalize_pseudo_labels(
             cutmix(labels[:n], labels[partner], masks),
             cutmix(conf[:n], conf[partner], masks),
-            cutmix(ignore[:n], ignore[mix_index], masks),
+            mixed_ignore,
             mode=self.pseudo_label_mode,
             threshold=threshold,
         )
@@ -399,8 +400,8 @@ class SemiSupervisedStep(AMPTrainer):
         ruled_out = None
         if self.rule_out_per_pixel:
             # the same boxes as the labels: each pixel's class distribution is its source's
-            mixed_probs = cutmix(probs[:n].cpu(), probs[partner].cpu(), masks)
-            mixed_ignore = cutmix(ignore[:n], ignore[mix_index], masks)
+            probs = probs.cpu()
+            mixed_probs = cutmix(probs[:n], probs[partner], masks)
             ruled_out = (mixed_probs < 1.0 - self.conf_threshold) & ~mixed_ignore[:, None]
         return UnlabeledBatch(
             weak=weak[:n],

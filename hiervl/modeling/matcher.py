@@ -127,12 +127,12 @@ class HungarianMatcher(nn.Module):
                 tgt_points = point_sample(
                     target["masks"][None].float(), coords, align_corners=False
                 )[0]
-                # [P] shared by the segments, or [T, P] (per-segment weights)
+                # [1, P] shared by the segments, or [T, P] (per-segment weights): the costs
+                # broadcast either to the targets
                 weight = target["weight"].float()
                 weight = point_sample(
                     weight.view(1, -1, *weight.shape[-2:]), coords, align_corners=False
                 )[0]
-                weight = weight[0] if target["weight"].dim() == 2 else weight
                 if self.cost_mask != 0.0:
                     cost = cost + self.cost_mask * batch_sigmoid_bce_cost(
                         pred_points, tgt_points, weight
