@@ -34,6 +34,15 @@ rewritten after every finished run, so a long benchmark that is stopped still le
 runs train into ``<output>/labeled_<budget>/seed<N>/{supervised,semi}``; a re-run with the same
 ``--output`` trains over them (``SOLVER.OVERWRITE_OUTPUT_DIR``).
 
+``--merge OUT1 OUT2 ... --output OUT`` trains nothing: it reports over finished benchmarks
+(their ``--output`` folders or ``results.json`` files; ``PATH:supervised`` or ``PATH:semi``
+takes only that method's runs of one), e.g. seeds or methods run as separate
+commands or on several machines, and writes the combined report, ``results.json`` and plot to
+``--output``. The runs must share data, config and steps; the supervised-only runs and the
+semi-supervised ones may differ only in ``SEMI.*`` opts (which supervised-only training does
+not read: ``SEMI.ENABLED False``), e.g. supervised-only baselines beside an ``oracle``
+diagnosis; a (budget, seed, method) found twice stops the merge, naming both files.
+
 Diagnosis (``--folder`` or ``--pool``: the unlabelled set's first images are the rest of the
 labelled pool, masks known; a folder's own unlabelled images have none, so diagnose on a folder
 without them): ``--only semi ... SEMI.UNLABELED_GROUND_TRUTH measure`` logs the kept
@@ -220,13 +229,20 @@ def train_and_eval(config_file: str, opts: List[str]) -> Dict[str, float]:
 
 
 def run_one(
-    config_file: str, common: List[str], output: str, subset: Subset, method: str
+    config_file: str,
+    common: List[str],
+    output: str,
+    subset: Subset,
+    method: str,
+    extra_opts: Sequence[str] = (),
 ) -> Dict[str, Any]:
     """Train one method (``supervised`` or ``semi``) on one budget and seed.
 
     Returns:
-        ``{"budget", "seed", "method", "num_labeled", "num_unlabeled", "metrics": {key:
-        metrics}}`` with key ``supervised``, or ``teacher`` and ``student`` for the semi run.
+        ``{"budget", "seed", "method", "num_labeled", "num_unlabeled", "opts", "metrics":
+        {key: metrics}}`` with key ``supervised``, or ``teacher`` and ``student`` for the semi
+        run; ``opts`` = ``extra_opts``, the user's extra config opts (part of ``common``), for
+        :func:`merge_results`.
     """
     setup_logger(name="hiervl")
     setup_logger()
@@ -267,6 +283,7 @@ def run_one(
         "method": method,
         "num_labeled": subset.num_labeled,
         "num_unlabeled": subset.num_unlabeled,
+        "opts": list(extra_opts),
         "metrics": metrics,
     }
 
@@ -434,6 +451,159 @@ def plot(runs: List[Dict[str, Any]], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def write_report(output: str, header: List[str], runs: List[Dict[str, Any]], title: str) -> str:
+    """Write ``benchmark.txt``, ``results.json`` and ``benchmark.png`` of ``runs`` to
+    ``output``; returns the report."""
+    report = "\n".join(report_lines(header, runs))
+    with open(os.path.join(output, "benchmark.txt"), "w") as f:
+        f.write(report + "\n")
+    with open(os.path.join(output, "results.json"), "w") as f:
+        json.dump({"header": header, "title": title, "runs": runs}, f, indent=1)
+    plot(runs, os.path.join(output, "benchmark.png"), title)
+    return report
+
+
+# ---- reports over several benchmarks ---------------------------------------------------------
+
+SEEDS_FIELD = "; seeds: "
+OPTS_LINE = "extra opts: "
+
+
+def _run_opts(run: Dict[str, Any], header: List[str]) -> List[str]:
+    """A run's extra opts: recorded with the run, or (files written before runs recorded them)
+    the header's ``extra opts:`` line."""
+    if "opts" in run:
+        return list(run["opts"])
+    line = next((h for h in header if h.startswith(OPTS_LINE)), "")
+    return line[len(OPTS_LINE) :].split()
+
+
+def _opts_differ_outside_semi(a: List[str], b: List[str]) -> List[str]:
+    """Keys of ``KEY VALUE`` opts lists ``a`` and ``b`` that differ and are not ``SEMI.*``
+    (a list that is not pairs differs as a whole)."""
+    if a == b:
+        return []
+    if len(a) % 2 or len(b) % 2:
+        return ["(opts not in KEY VALUE pairs)"]
+    da, db = dict(zip(a[::2], a[1::2])), dict(zip(b[::2], b[1::2]))
+    keys = sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+    return [k for k in keys if not k.startswith("SEMI.")]
+
+
+def merge_results(
+    files: Sequence[str], methods: Optional[Sequence[Optional[str]]] = None
+) -> Tuple[List[str], List[Dict[str, Any]], str]:
+    """The header, runs and plot title of one report over the ``results.json`` of several
+    benchmarks; ``methods[i]`` (``supervised`` / ``semi``), when given, keeps only that
+    method's runs of ``files[i]``.
+
+    Raises:
+        ValueError (naming the files): data, config or steps differ; runs of one method differ
+        in their opts; supervised-only and semi runs differ in a non-``SEMI.*`` opt; one budget
+        has different labelled sets; a (budget, seed, method) is found twice.
+    """
+    runs: List[Dict[str, Any]] = []
+    origin: Dict[Tuple[str, int, str], str] = {}
+    setting: Optional[Tuple[str, str, str]] = None  # (file, data line, config and steps)
+    opts: Dict[str, Tuple[str, List[str]]] = {}  # method -> (file, opts)
+    sizes: Dict[str, Tuple[str, int]] = {}
+    title = ""
+    for path, method in zip(files, methods or [None] * len(files)):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            header, file_runs = data["header"], data["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a benchmark's results.json ({e})") from e
+        this = (path, header[0], header[1].split(SEEDS_FIELD)[0])
+        if setting is None:
+            setting = this
+        elif this[1:] != setting[1:]:
+            raise ValueError(
+                f"{path} and {setting[0]} are not the same setting:\n  {this[1]}; {this[2]}\n  "
+                f"{setting[1]}; {setting[2]}"
+            )
+        title = title or data.get("title", "")
+        for run in file_runs:
+            if method not in (None, run["method"]):
+                continue
+            run = dict(run, opts=_run_opts(run, header))
+            key = (run["budget"], run["seed"], run["method"])
+            if key in origin:
+                raise ValueError(
+                    f"budget {key[0]}, seed {key[1]}, {key[2]}: in {origin[key]} and in {path}"
+                )
+            origin[key] = path
+            first = sizes.setdefault(run["budget"], (path, run["num_labeled"]))
+            if first[1] != run["num_labeled"]:
+                raise ValueError(
+                    f"budget {run['budget']}: {first[1]} labelled images in {first[0]}, "
+                    f"{run['num_labeled']} in {path}"
+                )
+            seen = opts.setdefault(run["method"], (path, run["opts"]))
+            if seen[1] != run["opts"]:
+                raise ValueError(
+                    f"{run['method']} runs with different opts: {' '.join(seen[1]) or '(none)'} "
+                    f"in {seen[0]}, {' '.join(run['opts']) or '(none)'} in {path}"
+                )
+            runs.append(run)
+    if setting is None:
+        raise ValueError("nothing to merge")
+    if len(opts) == 2:
+        (file_a, a), (file_b, b) = opts["supervised"], opts["semi"]
+        keys = _opts_differ_outside_semi(a, b)
+        if keys:
+            raise ValueError(
+                f"the supervised-only runs ({file_a}) and the semi runs ({file_b}) differ in "
+                f"{', '.join(keys)}: only SEMI.* opts may differ (supervised-only training "
+                f"does not read them)"
+            )
+    seeds = sorted({r["seed"] for r in runs})
+    header = [setting[1], f"{setting[2]}{SEEDS_FIELD}{' '.join(map(str, seeds))}"]
+    distinct = {tuple(o) for _, o in opts.values()}
+    if len(distinct) == 1 and distinct != {()}:
+        header.append(OPTS_LINE + " ".join(next(iter(distinct))))
+    elif len(distinct) > 1:
+        names = {"supervised": "supervised-only", "semi": "semi-supervised"}
+        for method, (_, o) in sorted(opts.items(), key=lambda kv: kv[0] != "supervised"):
+            header.append(f"extra opts of the {names[method]} runs: {' '.join(o) or '(none)'}")
+    header.append(
+        "merged from: "
+        + ", ".join(f + (f" ({m} runs)" if m else "") for f, m in zip(files, methods or files))
+    )
+    if not title:  # files written before they recorded it: '<data folder>, <N> steps'
+        data_path = setting[1].split(";")[0].replace("data: ", "", 1)
+        steps = setting[2].split("steps: ")[-1]
+        title = f"{os.path.basename(os.path.normpath(data_path))}, {steps} steps"
+    return header, runs, title
+
+
+def results_file(path: str) -> str:
+    """A benchmark's ``results.json``: ``path`` itself or the one in the folder ``path``."""
+    return os.path.join(path, "results.json") if os.path.isdir(path) else path
+
+
+def merge_source(item: str) -> Tuple[str, Optional[str]]:
+    """``PATH`` or ``PATH:supervised`` / ``PATH:semi`` (that method's runs only) ->
+    (results.json, method or None)."""
+    path, _, method = item.rpartition(":")
+    if method in ("supervised", "semi") and path:
+        return results_file(path), method
+    return results_file(item), None
+
+
+def merge_main(args: argparse.Namespace) -> str:
+    files, methods = zip(*map(merge_source, args.merge))
+    try:
+        header, runs, title = merge_results(files, methods)
+    except ValueError as e:
+        raise SystemExit(f"--merge: {e}") from e
+    os.makedirs(args.output, exist_ok=True)
+    report = write_report(args.output, header, runs, title)
+    print(report)
+    return report
+
+
 # ---- command line ----------------------------------------------------------------------------
 
 
@@ -479,8 +649,25 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         default=1,
         help="trainings run at once, one process each (set OMP_NUM_THREADS to cores / jobs)",
     )
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="OUTPUT",
+        help="train nothing: one report (and plot) over finished benchmarks, given as their "
+        "--output folders or results.json files (PATH:supervised or PATH:semi takes that "
+        "method's runs only), written to --output",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="extra config opts for all runs")
     args = parser.parse_args(argv)
+    if args.merge:
+        given = [f for f, v in (("--folder", args.folder), ("--pool", args.pool)) if v]
+        given += ["extra opts"] if args.opts else []
+        if given:
+            parser.error(f"--merge trains nothing: {', '.join(given)} cannot be used with it")
+        if os.path.abspath(args.output) in {
+            os.path.abspath(os.path.dirname(merge_source(p)[0]) or ".") for p in args.merge
+        }:
+            parser.error("--merge: --output must not be one of the merged benchmarks' folders")
     for budget in args.labeled:
         if budget != ALL and not (budget.isdigit() and int(budget) > 0):
             parser.error(f"--labeled: {budget!r} is neither a positive count nor 'all'")
@@ -493,6 +680,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
+    if args.merge:
+        return merge_main(args)
     setup_logger(name="hiervl")
     setup_logger()
     # the runs' folders are scratch (the results are the report and results.json): a re-run
@@ -529,17 +718,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     os.makedirs(args.output, exist_ok=True)
     runs: List[Dict[str, Any]] = []
 
+    title = f"{name}, {cfg.SOLVER.MAX_ITER} steps"
+
     def record(run: Dict[str, Any]) -> str:
         # the report so far, after every run: a long benchmark that is stopped still leaves one
         runs.append(run)
-        report = "\n".join(report_lines(header, runs))
-        with open(os.path.join(args.output, "benchmark.txt"), "w") as f:
-            f.write(report + "\n")
-        with open(os.path.join(args.output, "results.json"), "w") as f:
-            json.dump({"header": header, "runs": runs}, f, indent=1)
-        plot(
-            runs, os.path.join(args.output, "benchmark.png"), f"{name}, {cfg.SOLVER.MAX_ITER} steps"
-        )
+        report = write_report(args.output, header, runs, title)
         logger.info("\n%s", report)
         return report
 
@@ -547,12 +731,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     common_task = (args.config_file, common, args.output)
     if args.jobs == 1:
         for subset, method in tasks:
-            report = record(run_one(*common_task, subset, method))
+            report = record(run_one(*common_task, subset, method, args.opts))
     else:
         # fresh interpreters: a forked child would inherit the parent's torch thread pool
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            futures = [pool.submit(run_one, *common_task, s, m) for s, m in tasks]
+            futures = [pool.submit(run_one, *common_task, s, m, args.opts) for s, m in tasks]
             for future in as_completed(futures):
                 report = record(future.result())
     print(report)  # the script's result, on stdout

@@ -242,3 +242,100 @@ def test_benchmark_semi_demo_splits_report_their_size(tmp_path):
     )
     assert "data: the embedded demo's splits; evaluated on hiervl_demo_val" in stdout
     assert "labelled images: 8 (--labeled 8), unlabelled images: 192; val mIoU" in stdout
+
+
+def _results(path, runs, header_opts=None, steps=1500):
+    """A benchmark's results.json with ``runs``: ``(budget, seed, method, mIoU)``; runs carry
+    no ``opts`` when ``header_opts`` is given (files of the tool before runs recorded them)."""
+    header = ["data: /data/camvid; evaluated on custom_val", f"config: c.yaml; steps: {steps}"]
+    header[1] += "; seeds: " + " ".join(sorted({str(r[1]) for r in runs}))
+    if header_opts:
+        header.append("extra opts: " + header_opts)
+    records = []
+    for budget, seed, method, miou in runs:
+        record = {"budget": budget, "seed": seed, "method": method}
+        record.update(num_labeled=367 if budget == "all" else int(budget), num_unlabeled=0)
+        keys = ["supervised"] if method == "supervised" else ["teacher", "student"]
+        record["metrics"] = {k: {"mIoU": miou} for k in keys}
+        if header_opts is None:
+            record["opts"] = []
+        records.append(record)
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps({"header": header, "runs": records}))
+    return path
+
+
+def test_benchmark_semi_merge_reports_over_separate_benchmarks(tmp_path, capsys):
+    """Seeds and methods run as separate commands: one report, results.json and plot over
+    them; supervised-only baselines may sit beside semi runs that differ in SEMI.* opts."""
+    tool = _load_benchmark_semi()
+    sup = _results(tmp_path / "sup", [("20", 0, "supervised", 30.0), ("20", 1, "supervised", 28.0)])
+    top = _results(
+        tmp_path / "top", [("all", 0, "supervised", 36.0), ("all", 1, "supervised", 34.0)]
+    )
+    oracle = _results(
+        tmp_path / "oracle",
+        [("20", 0, "semi", 33.0), ("20", 1, "semi", 29.0)],
+        header_opts="SEMI.UNLABELED_GROUND_TRUTH oracle",
+    )
+    out = tmp_path / "merged"
+    report = tool.main(
+        ["--merge", str(sup), str(top), str(oracle / "results.json"), "--output", str(out)]
+    )
+    assert report.rstrip() == capsys.readouterr().out.rstrip()
+    lines = report.splitlines()
+    assert lines[:4] == [
+        "data: /data/camvid; evaluated on custom_val",
+        "config: c.yaml; steps: 1500; seeds: 0 1",
+        "extra opts of the supervised-only runs: (none)",
+        "extra opts of the semi-supervised runs: SEMI.UNLABELED_GROUND_TRUTH oracle",
+    ]
+    assert lines[4].startswith("merged from: ") and str(sup) in lines[4]
+    assert "semi teacher - supervised: 2.00 ± 1.41 mIoU; ahead in 2 of 2 seeds" in lines
+    # headroom per seed 36-30=6, 34-28=6; gain 2 of 6 = 33 %
+    table = lines[
+        lines.index("mean val mIoU over seeds; headroom = supervised(largest) - supervised") + 2
+    ]
+    assert " ".join(table.split()) == "20 29.00 ± 1.41 31.00 ± 2.83 2.00 ± 1.41 6.00 ± 0.00 33 %"
+    assert (out / "benchmark.txt").read_text().rstrip() == report.rstrip()
+    assert (out / "benchmark.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["title"] == "camvid, 1500 steps"
+    assert {tuple(r["opts"]) for r in merged["runs"] if r["method"] == "semi"} == {
+        ("SEMI.UNLABELED_GROUND_TRUTH", "oracle")
+    }
+    # a merged report merges again (its runs carry their opts); PATH:METHOD takes one method's
+    # runs of a benchmark (here the supervised-only run beside a semi one of seed 2)
+    more = _results(tmp_path / "more", [("20", 2, "supervised", 27.0), ("20", 2, "semi", 1.0)])
+    again = tool.main(
+        ["--merge", str(out), f"{more}:supervised", "--output", str(tmp_path / "again")]
+    ).splitlines()
+    assert "config: c.yaml; steps: 1500; seeds: 0 1 2" in again
+    assert f"{more}/results.json (supervised runs)" in again[4]
+    assert "   2            27.00                -                -" in again
+
+
+def test_benchmark_semi_merge_refuses_what_does_not_compare(tmp_path):
+    tool = _load_benchmark_semi()
+    sup = _results(tmp_path / "sup", [("20", 0, "supervised", 30.0)])
+    twice = _results(tmp_path / "twice", [("20", 0, "supervised", 31.0)])
+    steps = _results(tmp_path / "steps", [("20", 1, "supervised", 31.0)], steps=600)
+    model = _results(tmp_path / "model", [("20", 0, "semi", 31.0)], header_opts="MODEL.HIERVL.X 2")
+    semi_a = _results(tmp_path / "a", [("20", 0, "semi", 31.0)], header_opts="SEMI.UNSUP_WEIGHT 1")
+    semi_b = _results(tmp_path / "b", [("20", 1, "semi", 31.0)], header_opts="SEMI.UNSUP_WEIGHT 2")
+    out = str(tmp_path / "out")
+    cases = [
+        ((sup, twice), rf"budget 20, seed 0, supervised: in {sup}/results.json and in {twice}"),
+        ((sup, steps), "not the same setting"),
+        ((sup, model), r"differ in MODEL.HIERVL.X: only SEMI.\* opts may differ"),
+        ((semi_a, semi_b), "semi runs with different opts: SEMI.UNSUP_WEIGHT 1 in"),
+        ((sup, tmp_path / "missing"), "missing: not a benchmark's results.json"),
+    ]
+    for sources, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            tool.main(["--merge", *map(str, sources), "--output", out])
+    before = (sup / "results.json").read_text()
+    # the merged report would overwrite a source's results
+    with pytest.raises(SystemExit, match="2"):  # argparse's exit status: a usage error
+        tool.main(["--merge", str(sup), str(semi_a), "--output", str(sup)])
+    assert (sup / "results.json").read_text() == before
