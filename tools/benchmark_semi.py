@@ -77,6 +77,7 @@ logger = logging.getLogger("hiervl.benchmark_semi")
 DEMO_CONFIG = "configs/demo/hiervl_demo.yaml"
 FOLDER_CONFIG = "configs/custom/hiervl_folder_cpu.yaml"
 ALL = "all"
+DEFAULT_OUTPUT = "output/benchmark_semi"
 # Registered names of the drawn subsets inside each training process.
 LABELED_NAME, UNLABELED_NAME = "benchmark_semi_labeled", "benchmark_semi_unlabeled"
 # Result keys of one budget and seed, and their column titles.
@@ -637,7 +638,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         help="SEED of each repetition (initialisation, data order and the labelled draw); the "
         "report gives the mean and spread over them: single runs differ by several mIoU",
     )
-    parser.add_argument("--output", default="output/benchmark_semi")
+    parser.add_argument("--output", help=f"default: {DEFAULT_OUTPUT} (required with --merge)")
     parser.add_argument(
         "--only",
         choices=("supervised", "semi"),
@@ -664,6 +665,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         given += ["extra opts"] if args.opts else []
         if given:
             parser.error(f"--merge trains nothing: {', '.join(given)} cannot be used with it")
+        if args.output is None:  # never a default folder that may hold another benchmark
+            parser.error("--merge needs --output, the folder of the merged report")
         if os.path.abspath(args.output) in {
             os.path.abspath(os.path.dirname(merge_source(p)[0]) or ".") for p in args.merge
         }:
@@ -671,6 +674,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     for budget in args.labeled:
         if budget != ALL and not (budget.isdigit() and int(budget) > 0):
             parser.error(f"--labeled: {budget!r} is neither a positive count nor 'all'")
+    args.output = args.output or DEFAULT_OUTPUT
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     if args.config_file is None:

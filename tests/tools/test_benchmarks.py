@@ -339,3 +339,5 @@ def test_benchmark_semi_merge_refuses_what_does_not_compare(tmp_path):
     with pytest.raises(SystemExit, match="2"):  # argparse's exit status: a usage error
         tool.main(["--merge", str(sup), str(semi_a), "--output", str(sup)])
     assert (sup / "results.json").read_text() == before
+    with pytest.raises(SystemExit, match="2"):  # no default folder for a merged report
+        tool.main(["--merge", str(sup), str(semi_a)])
